@@ -1,0 +1,247 @@
+"""Qwen2.5 as explicit modules, read top-down: RMSNorm, rotary embeddings, attention, MLP, block, model.
+
+Parameter names are the official checkpoint keys (`model.layers.0.self_attn.q_proj.weight`, ...),
+so `model.safetensors` loads with `load_state_dict(strict=True)` and no mapping table. Numerics
+follow transformers' `Qwen2ForCausalLM`: RMSNorm and RoPE angles in fp32, rotate-half RoPE,
+q/k/v with bias and o_proj without, softmax inside `scaled_dot_product_attention`.
+
+Shapes: B batch, T new tokens, S all key positions (cache + new), D hidden, H query heads,
+K key/value heads, E head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import QwenConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, the normalisation computed in fp32 and cast back before the weight."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos and sin of position * theta^(-2i/E), rotate-half layout, angles in fp32. No parameters."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+        self._inv_freq: dict[torch.device, torch.Tensor] = {}
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        if device not in self._inv_freq:
+            exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float, device=device) / self.head_dim
+            self._inv_freq[device] = 1.0 / (self.theta ** exponents)  # (E/2,)
+        return self._inv_freq[device]
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq(position_ids.device)  # (B, T, E/2)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, E)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, heads, T, E); cos, sin: (B, T, E)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + rotate_half(x) * sin
+
+
+class KVCache:
+    """Preallocated keys and values for every layer, (layers, B, K, max_len, E), filled left to right.
+
+    `valid` (B, max_len) marks real tokens (False for left padding), so later steps can mask them.
+    """
+
+    def __init__(self, config: QwenConfig, batch: int, max_len: int, dtype: torch.dtype, device):
+        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.length = 0  # positions filled so far
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's (B, K, T, E) keys/values after `length`; return all of them (B, K, S, E)."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    """Grouped-query attention: H query heads share K key/value heads (14 and 2 at full size)."""
+
+    def __init__(self, config: QwenConfig, layer_idx: int):
+        super().__init__()
+        d, e = config.hidden_size, config.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = config.num_attention_heads, config.num_key_value_heads, e
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(d, self.n_head * e, bias=True)
+        self.k_proj = nn.Linear(d, self.n_kv_head * e, bias=True)
+        self.v_proj = nn.Linear(d, self.n_kv_head * e, bias=True)
+        self.o_proj = nn.Linear(self.n_head * e, d, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, E)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, E)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, E)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, K, S, E)
+        # mask None: plain causal attention over the T new tokens (no cache, no padding)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                           enable_gqa=self.n_head != self.n_kv_head)  # (B, H, T, E)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, config: QwenConfig):
+        super().__init__()
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(d, f, bias=False)
+        self.up_proj = nn.Linear(d, f, bias=False)
+        self.down_proj = nn.Linear(f, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: QwenConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask, cache=None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def attention_mask_for(key_valid: torch.Tensor | None, T: int, start: int) -> torch.Tensor | None:
+    """Boolean (B, 1, T, S) mask, True where a query may attend, or None when causal-only will do.
+
+    Queries are positions start..start+T-1 of S = start+T keys. A key is visible when it is not
+    after the query and is a real token; every query also sees itself, so rows belonging to left
+    padding stay finite (their outputs are never used).
+    """
+    S = start + T
+    if key_valid is None or bool(key_valid.all()):
+        if start == 0 or T == 1:
+            return None  # is_causal covers the first case; a single new token sees every key
+        key_valid = None
+    q_pos = torch.arange(start, S, device=(key_valid.device if key_valid is not None else None))
+    k_pos = torch.arange(S, device=q_pos.device)
+    mask = k_pos[None, :] <= q_pos[:, None]  # (T, S) causal
+    if key_valid is None:
+        return mask[None, None]
+    mask = mask[None] & key_valid[:, None, :]  # (B, T, S)
+    mask = mask | (k_pos[None, :] == q_pos[:, None])[None]
+    return mask[:, None]
+
+
+class QwenModel(nn.Module):
+    """Token embedding, the blocks, the final norm: `model.*` in the checkpoint."""
+
+    def __init__(self, config: QwenConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
+        """input_ids (B, T) -> final hidden states (B, T, D). attention_mask (B, T): 1 real, 0 padding."""
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        key_valid = None if attention_mask is None else attention_mask.bool()
+        if cache is not None:
+            if start + T > cache.max_len:
+                raise ValueError(f"KV cache holds {cache.max_len} positions, asked for {start + T}")
+            cache.valid[:, start:start + T] = True if key_valid is None else key_valid
+            key_valid = cache.valid[:, :start + T]
+        if position_ids is None:
+            if key_valid is None:
+                position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+            else:  # left padding: real tokens count from 0
+                position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        x = self.embed_tokens(input_ids)  # (B, T, D)
+        cos, sin = self.rotary(position_ids, x.dtype)  # (B, T, E)
+        mask = attention_mask_for(key_valid, T, start)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length = start + T
+        return self.norm(x)
+
+
+class QwenForCausalLM(nn.Module):
+    """The decoder and its LM head, tied to the input embedding when the config says so."""
+
+    def __init__(self, config: QwenConfig):
+        super().__init__()
+        self.config = config
+        self.model = QwenModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None,
+                last_only: bool = False) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`."""
+        h = self.model(input_ids, attention_mask, position_ids, cache)
+        if last_only:
+            h = h[:, -1:]
+        return self.lm_head(h)
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (the tied head counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+
+@torch.no_grad()
+def init_weights(model: QwenForCausalLM, seed: int = 0, std: float = 0.02) -> QwenForCausalLM:
+    """Random weights (normal(0, std) matrices, zero biases, unit norms), the same for a given seed."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.zero_()
+        elif isinstance(model.get_submodule(name.rsplit(".", 1)[0]), RMSNorm):
+            p.fill_(1.0)
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model

@@ -1,0 +1,97 @@
+"""Tokenizers behind one small interface: Qwen's byte-level BPE from tokenizer.json, and a tiny byte tokenizer.
+
+Both split every digit into its own token, which is what the LLMTIME encoding relies on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers
+
+from .errors import LoadError
+from .hub import TINY_RANDOM, resolve_dir
+
+EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
+
+
+class Tokenizer:
+    """Text <-> token ids. `eos_id` ends a document and doubles as the padding id."""
+
+    def __init__(self, tok: HFTokenizer, name: str, eos_token: str | None = None):
+        self.tok, self.name = tok, name
+        eos_token = eos_token or next((t for t in EOS_CANDIDATES if tok.token_to_id(t) is not None), None)
+        self.eos_id = tok.token_to_id(eos_token) if eos_token else None
+        self.pad_id = self.eos_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def token_id(self, token: str) -> int:
+        """The id of one token given as text, e.g. '7' or ';'; refuses text that is several tokens."""
+        ids = self.encode(token)
+        if len(ids) != 1:
+            raise LoadError(f"tokenizer {self.name}: {token!r} is {len(ids)} tokens, expected exactly one")
+        return ids[0]
+
+    def save(self, directory: str | Path) -> None:
+        self.tok.save(str(Path(directory) / "tokenizer.json"))
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 byte values to printable characters (printable ASCII maps to itself)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def tiny_tokenizer() -> Tokenizer:
+    """A byte tokenizer: one token per byte (id = byte value) plus `<|endoftext|>` at 256. No merges,
+    so like Qwen's every digit and punctuation mark is its own token."""
+    vocab = {ch: b for b, ch in bytes_to_unicode().items()}
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    return Tokenizer(tok, TINY_RANDOM)
+
+
+def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
+    """Qwen's tokenizer from a directory holding tokenizer.json, a hub id, or `tiny-random`."""
+    if str(name_or_path) == TINY_RANDOM:
+        return tiny_tokenizer()
+    directory = resolve_dir(name_or_path)
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise LoadError(f"{directory}: no tokenizer.json (the tokenizer must be saved beside the model)")
+    try:
+        tok = HFTokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a plain Exception for malformed files
+        raise LoadError(f"{path}: not a readable tokenizer.json ({e})") from None
+    eos = None
+    config = directory / "tokenizer_config.json"
+    if config.is_file():  # its pad token is the document separator Qwen trains with
+        try:
+            eos = json.loads(config.read_text()).get("pad_token")
+        except json.JSONDecodeError:
+            eos = None
+        eos = eos if isinstance(eos, str) and tok.token_to_id(eos) is not None else None
+    return Tokenizer(tok, str(name_or_path), eos)

@@ -1,0 +1,172 @@
+"""Load and save models in the Hugging Face layout: config.json plus model.safetensors (or shards)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import QwenConfig
+from .errors import LoadError
+from .hub import TINY_RANDOM, resolve_dir
+from .model import QwenForCausalLM, init_weights
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise LoadError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def tiny_config(vocab_size: int) -> QwenConfig:
+    """The offline preset's shape: same architecture, 2 blocks of width 64 (4 query heads, 2 KV heads)."""
+    return QwenConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      bos_token_id=None, eos_token_id=None)
+
+
+def tiny_random_model(seed: int = 0) -> QwenForCausalLM:
+    """A small model of the Qwen2 architecture with fixed random weights, for runs with no weights at hand.
+
+    The weights depend only on `seed`, so a LoRA adapter trained on it loads onto it again later.
+    """
+    from .tokenizer import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    vocab = -(-tok.vocab_size // 16) * 16  # round up, as Qwen's own embedding is wider than its tokenizer
+    cfg = tiny_config(vocab)
+    cfg = QwenConfig(**{**cfg.__dict__, "bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id})
+    return init_weights(QwenForCausalLM(cfg), seed=seed).eval()
+
+
+def expected_shapes(config: QwenConfig) -> dict[str, tuple[int, ...]]:
+    """Checkpoint key -> shape, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = QwenForCausalLM(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _checkpoint_files(directory: Path) -> dict[str, Path]:
+    """Checkpoint key -> the safetensors file that holds it, from the single file or the shard index."""
+    single, index = directory / SINGLE_FILE, directory / INDEX_FILE
+    if single.is_file():
+        return {key: single for key in _keys_of(single)}
+    if not index.is_file():
+        raise LoadError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE} found")
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise LoadError(f"{index}: not a safetensors index (expected a JSON object with 'weight_map': {e})") from None
+    where: dict[str, Path] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = directory / shard
+        if not shard_path.is_file():
+            raise LoadError(f"{shard_path}: shard named in {INDEX_FILE} is missing")
+        in_shard = set(_keys_of(shard_path))
+        for key, name in weight_map.items():
+            if name == shard:
+                if key not in in_shard:
+                    raise LoadError(f"{shard_path}: key {key} listed in {INDEX_FILE} is not in this shard")
+                where[key] = shard_path
+    return where
+
+
+def _keys_of(path: Path) -> list[str]:
+    try:
+        with safe_open(path, framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise LoadError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _shape_of(path: Path, key: str) -> tuple[int, ...]:
+    with safe_open(path, framework="pt") as f:
+        return tuple(f.get_slice(key).get_shape())
+
+
+def load_state(directory: Path, config: QwenConfig, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+    """Read every checkpoint tensor after checking keys and shapes, so a bad file never half-loads."""
+    expected = expected_shapes(config)
+    where = _checkpoint_files(directory)
+    optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    for key, path in sorted(where.items()):
+        if key not in expected:
+            raise LoadError(f"{path}: unknown key {key} (not a parameter of this Qwen2 config)")
+        shape = _shape_of(path, key)
+        if shape != expected[key]:
+            raise LoadError(f"{path}: {key} has shape {shape}, expected {expected[key]} from config.json")
+    for key in sorted(set(expected) - set(where) - optional):
+        raise LoadError(f"{directory}: missing key {key} (expected shape {expected[key]})")
+    state: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for key, path in where.items():
+        if key not in optional:  # a tied head, if stored, is the embedding again
+            by_file.setdefault(path, []).append(key)
+    for path, keys in by_file.items():
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for key in keys:
+                state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+    return state
+
+
+def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu") -> QwenForCausalLM:
+    """A Qwen2-architecture model from a local Hugging Face directory, a hub id, or `tiny-random`.
+
+    Built on the meta device, then the checked tensors are assigned: no memory is spent on a random
+    initialisation, and any error (missing file, unknown key, wrong shape) is raised before a model
+    exists. Returned in eval mode.
+    """
+    dtype = parse_dtype(dtype)
+    if str(name_or_path) == TINY_RANDOM:
+        return tiny_random_model().to(device=device, dtype=dtype)
+    directory = resolve_dir(name_or_path)
+    config = QwenConfig.from_json(directory / "config.json")
+    state = load_state(directory, config, dtype, device)
+    with torch.device("meta"):
+        model = QwenForCausalLM(config)
+    model.load_state_dict(state, strict=not config.tie_word_embeddings, assign=True)
+    model.tie_weights()
+    model.name_or_path = str(name_or_path)
+    return model.eval()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same directory, then rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(model: QwenForCausalLM, directory: str | Path, tokenizer=None) -> Path:
+    """Write config.json and model.safetensors (the tied head left out, as in the official file)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    config = model.config.to_hf_dict()
+    config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    _atomic_write(directory / SINGLE_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    _atomic_write(directory / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory

@@ -1,0 +1,46 @@
+"""Shared helpers: tiny random Qwen2 models written to disk in the Hugging Face layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwen_min import QwenConfig, QwenForCausalLM, init_weights, save_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+QWEN_TOKENIZER = SHARED / "qwen2.5-tokenizer"
+QWEN_CONFIGS = SHARED / "qwen2.5-0.5b"
+
+needs_qwen_tokenizer = pytest.mark.skipif(
+    not (QWEN_TOKENIZER / "tokenizer.json").is_file(),
+    reason=f"the real Qwen2.5 tokenizer is not at {QWEN_TOKENIZER} (../shared/ beside the project)")
+needs_qwen_configs = pytest.mark.skipif(
+    not (QWEN_CONFIGS / "config.json").is_file(),
+    reason=f"the official Qwen2.5-0.5B configs are not at {QWEN_CONFIGS} (../shared/ beside the project)")
+
+
+def tiny_config(**overrides) -> QwenConfig:
+    base = dict(vocab_size=97, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, bos_token_id=None, eos_token_id=None)
+    return QwenConfig(**{**base, **overrides})
+
+
+def tiny_model(seed: int = 0, std: float = 0.2, **overrides) -> QwenForCausalLM:
+    """Weights larger than the usual 0.02 so that differences between implementations would show."""
+    return init_weights(QwenForCausalLM(tiny_config(**overrides)), seed=seed, std=std).eval()
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A saved tiny model and its directory."""
+    model = tiny_model()
+    save_pretrained(model, tmp_path / "tiny")
+    return model, tmp_path / "tiny"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,154 @@
+"""Loading and saving in the Hugging Face layout, and one clear error for each way a directory can be wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from qwen_min import LoadError, load_pretrained, save_pretrained
+
+from .conftest import ROOT, tiny_model
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_round_trip_and_tied_head(model_dir):
+    model, directory = model_dir
+    stored = load_file(directory / "model.safetensors")
+    assert "lm_head.weight" not in stored  # as in the official tied checkpoint
+    loaded = load_pretrained(directory)
+    assert same_weights(model, loaded)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert not any(p.is_meta for p in loaded.parameters())
+    assert not loaded.training
+
+
+def test_untied_round_trip(tmp_path):
+    model = tiny_model(tie_word_embeddings=False)
+    save_pretrained(model, tmp_path)
+    assert "lm_head.weight" in load_file(tmp_path / "model.safetensors")
+    assert same_weights(model, load_pretrained(tmp_path))
+
+
+def test_dtype_and_device(model_dir):
+    _, directory = model_dir
+    model = load_pretrained(directory, dtype="bf16", device="cpu")
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_sharded_checkpoint(model_dir):
+    model, directory = model_dir
+    state = load_file(directory / "model.safetensors")
+    keys = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    for name, part in halves.items():
+        save_file({k: state[k] for k in part}, directory / name)
+    index = {"metadata": {}, "weight_map": {k: name for name, part in halves.items() for k in part}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    (directory / "model.safetensors").unlink()
+    assert same_weights(model, load_pretrained(directory))
+    (directory / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(LoadError, match=r"model-00002-of-00002.safetensors: shard named in .* is missing"):
+        load_pretrained(directory)
+
+
+def rewrite(directory, change):
+    path = directory / "model.safetensors"
+    state = load_file(path)
+    change(state)
+    save_file(state, path)
+    return path
+
+
+def test_wrong_shape_names_file_and_key(model_dir):
+    _, directory = model_dir
+    path = rewrite(directory, lambda s: s.__setitem__("model.norm.weight", torch.ones(31)))
+    with pytest.raises(LoadError) as info:
+        load_pretrained(directory)
+    assert str(info.value) == f"{path}: model.norm.weight has shape (31,), expected (32,) from config.json"
+
+
+def test_missing_key(model_dir):
+    _, directory = model_dir
+    rewrite(directory, lambda s: s.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(LoadError, match=r"missing key model.layers.1.mlp.up_proj.weight \(expected shape \(72, 32\)\)"):
+        load_pretrained(directory)
+
+
+def test_unknown_key(model_dir):
+    _, directory = model_dir
+    rewrite(directory, lambda s: s.__setitem__("model.layers.2.self_attn.q_proj.weight", torch.zeros(32, 32)))
+    with pytest.raises(LoadError, match=r"model.safetensors: unknown key model.layers.2.self_attn.q_proj.weight"):
+        load_pretrained(directory)
+
+
+def test_untied_head_missing(tmp_path):
+    save_pretrained(tiny_model(tie_word_embeddings=False), tmp_path)
+    rewrite(tmp_path, lambda s: s.pop("lm_head.weight"))
+    with pytest.raises(LoadError, match="missing key lm_head.weight"):
+        load_pretrained(tmp_path)
+
+
+def test_missing_files(model_dir, tmp_path):
+    _, directory = model_dir
+    with pytest.raises(LoadError, match="no such directory"):
+        load_pretrained(tmp_path / "nowhere")
+    (directory / "model.safetensors").unlink()
+    with pytest.raises(LoadError, match="no model.safetensors or model.safetensors.index.json found"):
+        load_pretrained(directory)
+    (directory / "config.json").unlink()
+    with pytest.raises(LoadError, match=r"config.json: config file not found"):
+        load_pretrained(directory)
+
+
+def test_not_safetensors(model_dir):
+    _, directory = model_dir
+    (directory / "model.safetensors").write_bytes(b"definitely not a safetensors file")
+    with pytest.raises(LoadError, match="model.safetensors: not a readable safetensors file"):
+        load_pretrained(directory)
+
+
+def test_a_file_instead_of_a_directory(model_dir):
+    _, directory = model_dir
+    with pytest.raises(LoadError, match="expected a model directory"):
+        load_pretrained(directory / "config.json")
+
+
+def run_offline(code: str, hf_home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_hub_id_offline_without_cache_is_one_clear_error(tmp_path):
+    code = ("from qwen_min import load_pretrained, LoadError\n"
+            "try:\n    load_pretrained('Qwen/Qwen2.5-0.5B-Instruct')\n"
+            "except LoadError as e:\n    print(e)\n")
+    out = run_offline(code, tmp_path / "hf")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("Qwen/Qwen2.5-0.5B-Instruct: not in the local Hugging Face cache and the hub can't "
+                                  "be reached (offline?); download it where there is a network, or pass a local directory")
+
+
+def test_hub_id_loads_from_the_cache_offline(model_dir, tmp_path):
+    """The hub path for real: a snapshot laid out as huggingface_hub caches it, read with no network."""
+    _, directory = model_dir
+    repo = tmp_path / "hf" / "hub" / "models--someone--tiny-qwen"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(directory, snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    code = "from qwen_min import load_pretrained\nprint(load_pretrained('someone/tiny-qwen').num_parameters())"
+    out = run_offline(code, tmp_path / "hf")
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == tiny_model().num_parameters()
