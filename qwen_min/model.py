@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flops.conventions import Convention, Cost, get_convention, linear_flops
+
 from .config import QwenConfig
 
 
@@ -30,6 +32,9 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
+
+    def flops(self, seq_len: int, convention: Convention) -> Cost:
+        return convention.rmsnorm(seq_len, self.weight.shape[0])
 
 
 class RotaryEmbedding(nn.Module):
@@ -111,6 +116,16 @@ class Attention(nn.Module):
                                            enable_gqa=self.n_head != self.n_kv_head)  # (B, H, T, E)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
+    def flops(self, seq_len: int, convention: Convention, past: int = 0) -> Cost:
+        """Projections, RoPE on q and k, and the attention itself over `past` cached + `seq_len` new keys."""
+        kv_width = (self.n_head if convention.gqa_as_mha else self.n_kv_head) * self.head_dim
+        projections = (linear_flops(self.q_proj, seq_len, convention)
+                       + linear_flops(self.k_proj, seq_len, convention, out_features=kv_width)
+                       + linear_flops(self.v_proj, seq_len, convention, out_features=kv_width)
+                       + linear_flops(self.o_proj, seq_len, convention))
+        rope = convention.rope_apply(seq_len, self.n_head + self.n_kv_head, self.head_dim)
+        return projections + rope + convention.attention_core(seq_len, past, self.n_head, self.head_dim)
+
 
 class MLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x)), no biases."""
@@ -124,6 +139,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def flops(self, seq_len: int, convention: Convention) -> Cost:
+        return (linear_flops(self.gate_proj, seq_len, convention) + linear_flops(self.up_proj, seq_len, convention)
+                + convention.silu_product(seq_len, self.gate_proj.out_features)
+                + linear_flops(self.down_proj, seq_len, convention))
 
 
 class Block(nn.Module):
@@ -139,6 +159,15 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask, cache=None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def residual_flops(self, seq_len: int, convention: Convention) -> Cost:
+        """One residual addition (T x D); a block has two."""
+        return convention.pointwise(seq_len * self.input_layernorm.weight.shape[0])
+
+    def flops(self, seq_len: int, convention: Convention, past: int = 0) -> Cost:
+        return (self.input_layernorm.flops(seq_len, convention) + self.self_attn.flops(seq_len, convention, past)
+                + self.post_attention_layernorm.flops(seq_len, convention) + self.mlp.flops(seq_len, convention)
+                + 2 * self.residual_flops(seq_len, convention))
 
 
 def attention_mask_for(key_valid: torch.Tensor | None, T: int, start: int) -> torch.Tensor | None:
@@ -197,6 +226,16 @@ class QwenModel(nn.Module):
             cache.length = start + T
         return self.norm(x)
 
+    def positional_flops(self, seq_len: int, convention: Convention) -> Cost:
+        d = self.embed_tokens.embedding_dim
+        return convention.positional(seq_len, d, self.rotary.head_dim)
+
+    def flops(self, seq_len: int, convention: Convention, past: int = 0) -> Cost:
+        """Embedding lookup (free), positions, every block, the final norm."""
+        return (self.positional_flops(seq_len, convention)
+                + sum(layer.flops(seq_len, convention, past) for layer in self.layers)
+                + self.norm.flops(seq_len, convention))
+
 
 class QwenForCausalLM(nn.Module):
     """The decoder and its LM head, tied to the input embedding when the config says so."""
@@ -219,6 +258,24 @@ class QwenForCausalLM(nn.Module):
         if last_only:
             h = h[:, -1:]
         return self.lm_head(h)
+
+    def head_flops(self, positions: int, convention: Convention) -> Cost:
+        """The LM head on `positions` positions (the convention may fix the vocabulary size)."""
+        vocab = convention.vocab_size or self.lm_head.out_features
+        return convention.linear(positions, self.lm_head.in_features, vocab, False, self.lm_head.weight.requires_grad)
+
+    def softmax_flops(self, positions: int, convention: Convention) -> Cost:
+        vocab = convention.vocab_size or self.lm_head.out_features
+        return convention.softmax(positions, positions * vocab)
+
+    def flops(self, seq_len: int, convention: Convention | str = "exact", past: int = 0,
+              head_positions: int | None = None) -> Cost:
+        """One sequence of `seq_len` tokens (after `past` cached ones), the LM head and softmax on
+        `head_positions` of them (default: all). Batch B costs B times this. See `flops.conventions`."""
+        convention = get_convention(convention)
+        positions = seq_len if head_positions is None else head_positions
+        return (self.model.flops(seq_len, convention, past) + self.head_flops(positions, convention)
+                + self.softmax_flops(positions, convention))
 
     def num_parameters(self) -> int:
         """Distinct parameters (the tied head counted once)."""

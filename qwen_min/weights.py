@@ -144,7 +144,7 @@ def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.f
     return model.eval()
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same directory, then rename: never a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -158,15 +158,20 @@ def _atomic_write(path: Path, write) -> None:
 
 def save_pretrained(model: QwenForCausalLM, directory: str | Path, tokenizer=None) -> Path:
     """Write config.json and model.safetensors (the tied head left out, as in the official file)."""
+    return save_state(model.config, model.state_dict(), directory, tokenizer)
+
+
+def save_state(config: QwenConfig, state: dict[str, torch.Tensor], directory: str | Path, tokenizer=None) -> Path:
+    """Write a checkpoint-keyed state dict in the Hugging Face layout; each file replaced atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    config = model.config.to_hf_dict()
-    config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
-    _atomic_write(directory / SINGLE_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    _atomic_write(directory / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    hf_config = config.to_hf_dict()
+    hf_config["torch_dtype"] = str(state["model.embed_tokens.weight"].dtype).removeprefix("torch.")
+    atomic_write(directory / SINGLE_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    atomic_write(directory / "config.json", lambda p: Path(p).write_text(json.dumps(hf_config, indent=2) + "\n"))
     if tokenizer is not None:
         tokenizer.save(directory)
     return directory

@@ -1,0 +1,77 @@
+"""Print FLOPs tables and ledgers.
+
+    python -m flops --seq-len 512                              # full-size Qwen2.5-0.5B, exact convention
+    python -m flops --seq-len 512 --convention coursework      # the reference report's rules (Table 3)
+    python -m flops --seq-len 512 --rank 8 --targets q_proj,v_proj --json
+    python -m flops ledger runs/ledger.json                    # the experiment table (Table 5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .conventions import CONVENTIONS
+
+
+def table_main(argv) -> int:
+    from qwen_min import LoadError, QwenConfig
+
+    from .report import as_json, component_table, format_table, meta_model
+
+    p = argparse.ArgumentParser(prog="python -m flops", description="Per-component FLOPs of one forward pass.")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens in the sequence (default 512)")
+    p.add_argument("--convention", choices=sorted(CONVENTIONS), default="exact")
+    p.add_argument("--config", default=None, help="a config.json (default: Qwen2.5-0.5B)")
+    p.add_argument("--rank", type=int, default=0, help="LoRA rank (0: no adapters)")
+    p.add_argument("--targets", default="q_proj,v_proj", help="comma-separated LoRA targets")
+    p.add_argument("--json", action="store_true", help="print component name -> FLOPs as JSON")
+    args = p.parse_args(argv)
+    if args.seq_len < 1 or args.rank < 0:
+        print("error: --seq-len must be >= 1 and --rank >= 0", file=sys.stderr)
+        return 2
+    try:
+        config = QwenConfig.from_json(args.config) if args.config else None
+        model = meta_model(config, args.rank, tuple(t for t in args.targets.split(",") if t))
+    except (LoadError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = component_table(model, args.seq_len, args.convention)
+    if args.json:
+        print(json.dumps(as_json(rows), indent=1))
+    else:
+        compare = args.convention == "coursework" and args.seq_len == 512 and config is None
+        print(format_table(rows, args.convention, args.seq_len, compare_report=compare))
+    return 0
+
+
+def ledger_main(argv) -> int:
+    from .ledger import Ledger, LedgerError
+
+    p = argparse.ArgumentParser(prog="python -m flops ledger", description="Print a FLOPs ledger's experiments.")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if not Path(args.path).is_file():
+        print(f"error: {args.path}: no such ledger file", file=sys.stderr)
+        return 2
+    try:
+        ledger = Ledger.open(args.path)
+    except LedgerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(ledger.data, indent=1) if args.json else ledger.table())
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "ledger":
+        return ledger_main(argv[1:])
+    return table_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The FLOPs budget ledger: one JSON file, one entry per experiment, never over its limit.
+
+    ledger = Ledger.open("runs/ledger.json", budget=1e17, convention="exact")
+    if not ledger.can_afford(step_flops): stop and save
+    ledger.charge("lora-r8-lr1e-4", "train", step_flops, tokens=2048, step=12)
+
+Crash-safe: every charge re-reads the file under an exclusive lock (several processes may share
+one ledger), adds, and replaces the file atomically. Charges keyed by a training step or by a name
+are applied once only, so a resumed run that repeats a step, or a rerun stage, pays nothing twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .conventions import get_convention
+
+DEFAULT_BUDGET = 1e17
+
+
+class BudgetExceeded(RuntimeError):
+    """A charge that would take the ledger over its budget; nothing was charged."""
+
+
+class LedgerError(ValueError):
+    """A ledger file that can't be used as asked (unreadable, other convention or budget)."""
+
+
+class Ledger:
+    def __init__(self, path: Path, data: dict):
+        self.path, self.data = path, data
+
+    # --- opening -----------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, budget: float | None = None, convention: str | None = None) -> "Ledger":
+        """Open or create. A new ledger takes budget (default 1e17) and convention (default exact);
+        an existing one keeps its own, and asking for a different convention is an error."""
+        path = Path(path)
+        if path.exists():
+            ledger = cls(path, cls._read(path))
+            if convention is not None and get_convention(convention).name != ledger.convention:
+                raise LedgerError(f"{path}: this ledger counts under the {ledger.convention!r} convention, "
+                                  f"not {convention!r}; a ledger's convention is chosen once")
+            if budget is not None and float(budget) != ledger.budget:
+                raise LedgerError(f"{path}: this ledger's budget is {ledger.budget:.3g} FLOPs, not {float(budget):.3g}")
+            return ledger
+        if budget is not None and not budget > 0:
+            raise LedgerError(f"{path}: budget must be positive, got {budget}")
+        data = {"budget": float(budget or DEFAULT_BUDGET), "convention": get_convention(convention or "exact").name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "experiments": {}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with cls._locked(path):
+            if not path.exists():
+                cls._write(path, data)
+        return cls.open(path, budget, convention)
+
+    @staticmethod
+    def _read(path: Path) -> dict:
+        try:
+            data = json.loads(path.read_text())
+            float(data["budget"]), get_convention(data["convention"]), dict(data["experiments"])
+            return data
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise LedgerError(f"{path}: not a FLOPs ledger ({type(e).__name__}: {e})") from None
+
+    @staticmethod
+    def _write(path: Path, data: dict) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    @contextmanager
+    def _locked(path: Path):
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def refresh(self) -> "Ledger":
+        self.data = self._read(self.path)
+        return self
+
+    # --- reading -----------------------------------------------------------------------------------
+    @property
+    def budget(self) -> float:
+        return float(self.data["budget"])
+
+    @property
+    def convention(self) -> str:
+        return self.data["convention"]
+
+    @property
+    def experiments(self) -> dict[str, dict]:
+        return self.data["experiments"]
+
+    @property
+    def total(self) -> float:
+        return sum(e["flops"] for e in self.experiments.values())
+
+    @property
+    def remaining(self) -> float:
+        return self.budget - self.total
+
+    def can_afford(self, flops: float) -> bool:
+        return self.refresh().total + flops <= self.budget
+
+    def entry(self, name: str) -> dict | None:
+        return self.experiments.get(name)
+
+    # --- charging ----------------------------------------------------------------------------------
+    def charge(self, name: str, kind: str, flops: float, *, tokens: int = 0, step: int | None = None,
+               key: str | None = None, steps: int = 1) -> bool:
+        """Add `flops` to experiment `name`. With `step`, only if that step is past the last one charged;
+        with `key`, only if that key was never charged. Returns whether anything was charged.
+        Raises BudgetExceeded (charging nothing) when the total would pass the budget."""
+        if flops < 0:
+            raise ValueError(f"negative charge {flops}")
+        with self._locked(self.path):
+            self.refresh()
+            e = self.experiments.setdefault(name, {"kind": kind, "steps": 0, "tokens": 0, "flops": 0.0,
+                                                   "last_step": 0, "keys": []})
+            if (step is not None and step <= e["last_step"]) or (key is not None and key in e["keys"]):
+                return False
+            if self.total + flops > self.budget:
+                if not e["flops"] and not e["steps"]:
+                    del self.experiments[name]
+                raise BudgetExceeded(f"{self.path}: charging {flops:.3g} FLOPs to {name!r} would take the ledger "
+                                     f"to {self.total + flops:.4g} of its {self.budget:.3g} budget")
+            e["flops"] += float(flops)
+            e["tokens"] += int(tokens)
+            e["steps"] += steps
+            if step is not None:
+                e["last_step"] = step
+            if key is not None:
+                e["keys"].append(key)
+            e["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            self._write(self.path, self.data)
+            return True
+
+    # --- reporting ---------------------------------------------------------------------------------
+    def table(self) -> str:
+        """The experiment table (the report's Table 5): FLOPs per experiment, totals, budget used."""
+        rows = [f"| experiment | kind | steps | tokens | FLOPs | share of budget |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for name, e in self.experiments.items():
+            rows.append(f"| {name} | {e['kind']} | {e['steps']:,} | {e['tokens']:,} | {e['flops']:.3e} | "
+                        f"{e['flops'] / self.budget:.2%} |")
+        rows.append(f"| **total** | | {sum(e['steps'] for e in self.experiments.values()):,} | "
+                    f"{sum(e['tokens'] for e in self.experiments.values()):,} | {self.total:.3e} | "
+                    f"{self.total / self.budget:.2%} |")
+        return "\n".join(rows) + (f"\n\nbudget {self.budget:.3e} FLOPs ({self.convention} convention), "
+                                  f"used {self.total:.3e} ({self.total / self.budget:.2%}), "
+                                  f"remaining {self.remaining:.3e}")

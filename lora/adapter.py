@@ -1,0 +1,156 @@
+"""Adapter files in the PEFT layout (adapter_config.json + adapter_model.safetensors), and merged export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from qwen_min.errors import LoadError
+from qwen_min.weights import atomic_write, save_state
+
+from .inject import ATTENTION, TARGETS, inject, lora_layers
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PREFIX = "base_model.model."  # what peft puts before the base model's own module names
+
+
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    """PEFT keys -> LoRA weights, e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight."""
+    state = {}
+    for name, layer in lora_layers(model).items():
+        state[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight.detach().contiguous().cpu()
+        state[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous().cpu()
+    return state
+
+
+def save_adapter(model, directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
+    """Write adapter_config.json and adapter_model.safetensors, loadable by peft.PeftModel.from_pretrained."""
+    cfg = getattr(model, "lora_config", None)
+    if cfg is None or not lora_layers(model):
+        raise LoadError("this model has no LoRA layers to save (inject or load an adapter first)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg["r"], "lora_alpha": cfg["lora_alpha"],
+              "lora_dropout": cfg["lora_dropout"], "target_modules": cfg["target_modules"], "bias": "none",
+              "base_model_name_or_path": base_model_name_or_path or getattr(model, "name_or_path", None),
+              "fan_in_fan_out": False, "inference_mode": True, "modules_to_save": None, "use_rslora": False,
+              "use_dora": False, "init_lora_weights": True, "layers_to_transform": None, "rank_pattern": {},
+              "alpha_pattern": {}}
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(adapter_state(model), p, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    return directory
+
+
+def read_adapter_config(directory: Path) -> dict:
+    path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise LoadError(f"{directory}: no such adapter directory")
+    if not path.is_file():
+        raise LoadError(f"{path}: missing (an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LoadError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict) or str(cfg.get("peft_type", "")).upper() != "LORA":
+        raise LoadError(f"{path}: peft_type is {cfg.get('peft_type') if isinstance(cfg, dict) else None!r}, expected 'LORA'")
+    r = cfg.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise LoadError(f"{path}: r must be a positive integer, got {r!r}")
+    targets = cfg.get("target_modules")
+    if isinstance(targets, str):
+        targets = [targets]
+    if not isinstance(targets, list) or not targets:
+        raise LoadError(f"{path}: target_modules must be a list of module names, got {cfg.get('target_modules')!r}")
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise LoadError(f"{path}: target module {unknown[0]!r} is not a projection of this model "
+                        f"(expected some of {', '.join(TARGETS)})")
+    for key, fine in (("use_dora", False), ("layers_to_transform", None), ("modules_to_save", None)):
+        if cfg.get(key) not in (fine, [], {}) and cfg.get(key) != fine:
+            raise LoadError(f"{path}: {key}={cfg[key]!r} is not supported")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("use_rslora"):
+        raise LoadError(f"{path}: rank_pattern, alpha_pattern and use_rslora are not supported")
+    if cfg.get("bias", "none") != "none":
+        raise LoadError(f"{path}: bias={cfg['bias']!r} is not supported, expected 'none'")
+    cfg["target_modules"] = targets
+    return cfg
+
+
+def load_adapter(model, directory: str | Path):
+    """Load a PEFT-layout LoRA adapter (ours or peft's), injecting LoRA layers if the model has none.
+
+    Refuses, before changing any weight, an adapter whose rank, targets, keys or shapes don't fit.
+    """
+    directory = Path(directory)
+    cfg = read_adapter_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise LoadError(f"{weights}: missing (an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        with safe_open(weights, framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise LoadError(f"{weights}: not a readable safetensors file ({e})") from None
+    present = getattr(model, "lora_config", None)
+    if present is not None and (present["r"] != cfg["r"] or set(present["target_modules"]) != set(cfg["target_modules"])):
+        raise LoadError(f"{directory}: adapter has r={cfg['r']} on {', '.join(cfg['target_modules'])}, but the "
+                        f"model's LoRA layers have r={present['r']} on {', '.join(present['target_modules'])}")
+    expected = expected_shapes(model, cfg["r"], cfg["target_modules"])
+    renamed = {k.replace(".default.weight", ".weight"): k for k in stored}  # some peft versions keep the name
+    for key in sorted(set(expected) - set(renamed)):
+        raise LoadError(f"{weights}: missing key {key} (the adapter doesn't cover this model's layers)")
+    for key in sorted(set(renamed) - set(expected)):
+        raise LoadError(f"{weights}: unknown key {key} (not a LoRA weight of this model with r={cfg['r']} "
+                        f"on {', '.join(cfg['target_modules'])})")
+    for key in sorted(expected):
+        if stored[renamed[key]] != expected[key]:
+            raise LoadError(f"{weights}: {key} has shape {stored[renamed[key]]}, expected {expected[key]} (r={cfg['r']})")
+    if present is None:  # everything checked: only now is the model changed
+        inject(model, rank=cfg["r"], alpha=cfg.get("lora_alpha"), dropout=float(cfg.get("lora_dropout") or 0.0),
+               targets=cfg["target_modules"], verbose=False)
+    params = {f"{PREFIX}{name}": p for name, p in model.named_parameters()}
+    with safe_open(weights, framework="pt") as f, torch.no_grad():
+        for key, raw_key in renamed.items():
+            params[key].copy_(f.get_tensor(raw_key).to(params[key].dtype))
+    return model
+
+
+def expected_shapes(model, rank: int, targets) -> dict[str, tuple[int, int]]:
+    """PEFT key -> shape of every LoRA matrix an adapter of this rank and these targets must hold."""
+    shapes = {}
+    for i, block in enumerate(model.model.layers):
+        for name in TARGETS:
+            if name not in targets:
+                continue
+            part = "self_attn" if name in ATTENTION else "mlp"
+            base = getattr(getattr(block, part), name)
+            prefix = f"{PREFIX}model.layers.{i}.{part}.{name}"
+            shapes[f"{prefix}.lora_A.weight"] = (rank, base.in_features)
+            shapes[f"{prefix}.lora_B.weight"] = (base.out_features, rank)
+    return shapes
+
+
+@torch.no_grad()
+def merged_state(model) -> dict[str, torch.Tensor]:
+    """The base model's state dict with every adapter folded into its weight; the model is not changed."""
+    layers = lora_layers(model)
+    state = {}
+    for key, value in model.state_dict().items():
+        if ".lora_A." in key or ".lora_B." in key:
+            continue
+        module_name, leaf = key.rsplit(".", 1)
+        layer = layers.get(module_name)
+        if layer is not None and leaf == "weight" and not layer.merged:
+            value = value + layer.delta_weight().to(value.dtype)
+        state[key] = value
+    return state
+
+
+def export_merged(model, directory: str | Path, tokenizer=None) -> Path:
+    """A full model directory with the adapter merged, loadable by qwen_min.load_pretrained and transformers."""
+    return save_state(model.config, merged_state(model), directory, tokenizer)

@@ -1,0 +1,77 @@
+"""Put LoRA layers into a loaded model, freeze the rest structurally, report what trains."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from qwen_min.errors import LoadError
+
+from .layer import LoRALinear
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+TARGETS = ATTENTION + MLP
+DEFAULT_TARGETS = ("q_proj", "v_proj")
+
+
+def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
+    """'q_proj,v_proj' or a sequence -> a validated tuple in the canonical order."""
+    names = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets) if t.strip()]
+    if not names:
+        raise LoadError("no LoRA target modules given")
+    unknown = [t for t in names if t not in TARGETS]
+    if unknown:
+        raise LoadError(f"unknown LoRA target module {unknown[0]!r}; expected some of {', '.join(TARGETS)}")
+    return tuple(t for t in TARGETS if t in names)
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """Module name -> LoRALinear, in model order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def inject(model, rank: int = 8, alpha: float | None = None, dropout: float = 0.0,
+           targets: str | Iterable[str] = DEFAULT_TARGETS, verbose: bool = True):
+    """Wrap the target projections of every block in LoRALinear; only the LoRA matrices stay trainable.
+
+    Freezing is structural: every parameter is frozen, then exactly the lora_A and lora_B weights of
+    the layers created here are unfrozen. Returns the model (modified in place).
+    """
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise LoadError(f"LoRA rank must be a positive integer, got {rank!r}")
+    if alpha is not None and not alpha > 0:
+        raise LoadError(f"LoRA alpha must be positive, got {alpha!r}")
+    if not 0 <= dropout < 1:
+        raise LoadError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    targets = parse_targets(targets)
+    if lora_layers(model):
+        raise LoadError("this model already has LoRA layers; load or inject adapters once")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in model.model.layers:
+        for name in targets:
+            parent = block.self_attn if name in ATTENTION else block.mlp
+            setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha, dropout))
+    for layer in lora_layers(model).values():
+        layer.lora_A.weight.requires_grad_(True)
+        layer.lora_B.weight.requires_grad_(True)
+    model.lora_config = {"r": rank, "lora_alpha": float(rank if alpha is None else alpha),
+                         "lora_dropout": float(dropout), "target_modules": list(targets)}
+    if verbose:
+        print(summary(model))
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def summary(model: nn.Module) -> str:
+    """'LoRA r=8 on q_proj, v_proj: 540,672 trainable of 494,573,440 parameters (0.1093%)'."""
+    trainable = sum(p.numel() for p in trainable_parameters(model))
+    total = sum(p.numel() for p in model.parameters())
+    cfg = getattr(model, "lora_config", None)
+    head = f"LoRA r={cfg['r']} on {', '.join(cfg['target_modules'])}" if cfg else "no LoRA"
+    return f"{head}: {trainable:,} trainable of {total:,} parameters ({trainable / total:.4%})"
