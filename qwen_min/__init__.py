@@ -11,7 +11,7 @@ from .generate import generate
 from .hub import TINY_RANDOM
 from .model import KVCache, QwenForCausalLM, init_weights
 from .tokenizer import Tokenizer, load_tokenizer
-from .weights import load_pretrained, parse_dtype, save_pretrained, tiny_random_model
+from .weights import load_config, load_pretrained, parse_dtype, save_pretrained, tiny_random_model
 
 __all__ = ["QwenConfig", "LoadError", "generate", "TINY_RANDOM", "KVCache", "QwenForCausalLM", "init_weights",
-           "Tokenizer", "load_tokenizer", "load_pretrained", "parse_dtype", "save_pretrained", "tiny_random_model"]
+           "Tokenizer", "load_tokenizer", "load_config", "load_pretrained", "parse_dtype", "save_pretrained", "tiny_random_model"]

@@ -52,6 +52,14 @@ def tiny_random_model(seed: int = 0) -> QwenForCausalLM:
     return init_weights(QwenForCausalLM(cfg), seed=seed).eval()
 
 
+def load_config(name_or_path: str | Path) -> QwenConfig:
+    """The config alone (no weights read): for FLOPs planning on the meta device."""
+    if str(name_or_path) == TINY_RANDOM:
+        with torch.device("meta"):
+            return tiny_random_model().config
+    return QwenConfig.from_json(resolve_dir(name_or_path) / "config.json")
+
+
 def expected_shapes(config: QwenConfig) -> dict[str, tuple[int, ...]]:
     """Checkpoint key -> shape, built on the meta device (no memory)."""
     with torch.device("meta"):
