@@ -7,8 +7,8 @@ windows (token windows for training, prompts for evaluation). Imports nothing el
 
 from .io import DEFAULT_PATH, DataError, Series, ensure_data, load_series, write_series
 from .splits import make_splits
-from .text import DecodeReport, decode, encode, scale_for
+from .text import DecodeReport, decode, encode, scale_for, step_pattern
 from .windows import make_windows, prompt_and_target
 
 __all__ = ["DEFAULT_PATH", "DataError", "Series", "ensure_data", "load_series", "write_series", "make_splits",
-           "DecodeReport", "decode", "encode", "scale_for", "make_windows", "prompt_and_target"]
+           "DecodeReport", "decode", "encode", "scale_for", "step_pattern", "make_windows", "prompt_and_target"]

@@ -18,6 +18,17 @@ TOP = 9.9  # the largest scaled value: one digit before the point
 NUMBER = re.compile(r"^\d+(\.\d*)?$")
 
 
+DIGITS = "0123456789"
+
+
+def step_pattern(decimals: int = 2) -> list[str]:
+    """The characters allowed at each position of one encoded time step, e.g. for 2 decimals
+    D . D D , D . D D ;  (D a digit): a fixed-length grammar, so every generated step parses.
+    One digit before the point, since scaled values stay below 10."""
+    value = [DIGITS, "."] + [DIGITS] * decimals
+    return value + [","] + value + [";"]
+
+
 def scale_for(trajectories: np.ndarray) -> float:
     """alpha for a split: its maximum over both species, divided by 9.9."""
     top = float(np.max(trajectories))

@@ -32,43 +32,87 @@ def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | 
 
 @torch.no_grad()
 def generate(model: QwenForCausalLM, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, pad_id: int,
-             allowed_token_ids: Sequence[int] | None = None, stop_ids: Sequence[int] = (),
-             temperature: float = 0.0, generator: torch.Generator | None = None,
-             use_cache: bool = True) -> list[list[int]]:
+             allowed_token_ids: Sequence[int] | None = None, pattern: Sequence[Sequence[int]] | None = None,
+             stop_ids: Sequence[int] = (), temperature: float = 0.0, generator: torch.Generator | None = None,
+             use_cache: bool = True, skip_forced: bool = True, restrict_head: bool = True,
+             stats: dict | None = None) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; return the new tokens of each, stop token excluded.
 
-    With `allowed_token_ids` the LM head is computed only for those rows of the vocabulary, so the
-    choice can't leave the set and costs len(allowed) instead of V dot products per position.
-    `use_cache=False` recomputes the whole sequence every step (the reference the cache is tested against).
+    Token choice: among `allowed_token_ids`, or, with `pattern`, among pattern[i % len(pattern)] for the
+    i-th new token (a fixed-length grammar, such as a number format). With `restrict_head` the LM head
+    is computed only for the rows that may be chosen (13 instead of 151,936 for number text). With
+    `skip_forced`, a position whose set holds one token is appended without a forward pass and fed
+    together with the next position. `use_cache=False` recomputes the whole sequence at every step
+    (the reference the cache is tested against). `stats`, if given, receives forward_calls and the
+    FLOPs spent (`flops`, under stats['convention'], default exact; padding computed is counted).
     """
     device = model.device
     ids, mask = left_pad(prompts, pad_id, device)
     B, P = ids.shape
-    head = model.lm_head.weight
-    allowed = None if allowed_token_ids is None else torch.as_tensor(list(allowed_token_ids), device=device)
-    if allowed is not None:
-        head = head[allowed]  # (N, D): the rows the choice is made among
+    if pattern is not None:
+        rules = [torch.as_tensor(list(r), dtype=torch.long, device=device) for r in pattern]
+    elif allowed_token_ids is not None:
+        rules = [torch.as_tensor(list(allowed_token_ids), dtype=torch.long, device=device)]
+    else:
+        rules = [None]
+    heads = [model.lm_head.weight[r] if r is not None and restrict_head else model.lm_head.weight for r in rules]
     cache = KVCache(model.config, B, P + max_new_tokens, model.dtype, device) if use_cache else None
     out = torch.empty((B, 0), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stop = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)
-    step_ids, step_mask = ids, mask
-    for _ in range(max_new_tokens):
-        hidden = model.model(step_ids, step_mask, cache=cache)[:, -1]  # (B, D)
-        choice = pick(torch.nn.functional.linear(hidden, head), temperature, generator)  # (B,)
-        token = allowed[choice] if allowed is not None else choice
+    feed_ids, feed_mask = ids, mask  # tokens not yet seen by the model
+    counter = _FlopCounter(model, stats)
+    for i in range(max_new_tokens):
+        rule, head = rules[i % len(rules)], heads[i % len(rules)]
+        if skip_forced and use_cache and rule is not None and len(rule) == 1:
+            token = rule.expand(B)
+        else:
+            if not use_cache:
+                feed_ids, feed_mask = torch.cat([ids, out], 1), torch.cat([mask, torch.ones_like(out)], 1)
+            past = cache.length if cache is not None else 0
+            hidden = model.model(feed_ids, feed_mask, cache=cache)[:, -1]  # (B, D)
+            counter.add(feed_ids.shape[1], past, B, head.shape[0])
+            scores = torch.nn.functional.linear(hidden, head)  # (B, rows)
+            if rule is not None and not restrict_head:  # the full head, then a mask
+                masked = torch.full_like(scores, float("-inf"))
+                masked[:, rule] = scores[:, rule]
+                scores = masked
+            choice = pick(scores, temperature, generator)
+            token = rule[choice] if rule is not None and restrict_head else choice
+            feed_ids = feed_mask = None
         token = torch.where(done, torch.full_like(token, pad_id), token)
         out = torch.cat([out, token[:, None]], dim=1)
         done = done | torch.isin(token, stop)
         if bool(done.all()):
             break
-        if use_cache:
-            step_ids, step_mask = token[:, None], torch.ones((B, 1), dtype=torch.long, device=device)
-        else:
-            step_ids = torch.cat([ids, out], dim=1)
-            step_mask = torch.cat([mask, torch.ones_like(out)], dim=1)
+        new_mask = torch.ones((B, 1), dtype=torch.long, device=device)
+        feed_ids = token[:, None] if feed_ids is None else torch.cat([feed_ids, token[:, None]], 1)
+        feed_mask = new_mask if feed_mask is None else torch.cat([feed_mask, new_mask], 1)
+    stop_set = set(stop_ids)
     results = []
     for row in out.tolist():
-        cut = next((i for i, t in enumerate(row) if t in set(stop_ids)), len(row))
+        cut = next((i for i, t in enumerate(row) if t in stop_set), len(row))
         results.append(row[:cut])
     return results
+
+
+class _FlopCounter:
+    """Adds each forward call's FLOPs, from the model's own `flops()`, to a stats dict."""
+
+    def __init__(self, model, stats: dict | None):
+        self.model, self.stats = model, stats
+        if stats is not None:
+            from flops.conventions import get_convention
+
+            self.convention = get_convention(stats.get("convention", "exact"))
+            stats.setdefault("forward_calls", 0)
+            stats.setdefault("flops", 0.0)
+
+    def add(self, tokens: int, past: int, batch: int, head_rows: int) -> None:
+        if self.stats is None:
+            return
+        m, c = self.model, self.convention
+        body = m.model.flops(tokens, c, past).forward
+        head = c.linear(1, m.lm_head.in_features, head_rows, False, False).forward
+        self.stats["forward_calls"] += 1
+        self.stats["flops"] += batch * (body + head)

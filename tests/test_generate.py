@@ -83,3 +83,27 @@ def test_tiny_random_preset_is_fixed_and_matches_its_tokenizer():
 def test_empty_prompt_refused():
     with pytest.raises(ValueError, match="at least one token"):
         generate(tiny_model(), [[1, 2], []], 3, pad_id=0)
+
+
+def test_masked_greedy_equals_transformers_generate(tmp_path):
+    """Grammar off, mask only: our tokens equal transformers' generate() with a masking logits processor."""
+    transformers = pytest.importorskip("transformers")
+    from qwen_min import save_pretrained
+
+    model = tiny_model(std=0.5)
+    save_pretrained(model, tmp_path)
+    hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    allowed = [3, 7, 11, 60, 61, 62, 90]
+
+    class Mask(transformers.LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            keep = torch.full_like(scores, float("-inf"))
+            keep[:, allowed] = 0
+            return scores + keep
+
+    ids, mask = torch.tensor([PROMPTS[0], [0, 0] + PROMPTS[2]]), torch.tensor([[1] * 7, [0, 0] + [1] * 5])
+    theirs = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=15, do_sample=False,
+                         logits_processor=transformers.LogitsProcessorList([Mask()]), pad_token_id=0,
+                         eos_token_id=None)[:, 7:].tolist()
+    ours = generate(model, [PROMPTS[0], PROMPTS[2]], 15, pad_id=0, allowed_token_ids=allowed)
+    assert ours == theirs

@@ -1,0 +1,140 @@
+"""eval.py: outputs on the tiny preset, the grammar under adversarial logits, MAE by hand, baselines."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import eval as evaluation
+from data import step_pattern, write_series
+from data.baselines import ode_fit, persistence
+from data.simulate import integrate, simulate
+from qwen_min import generate, tiny_random_model
+from qwen_min.tokenizer import tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def series_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "lv.h5"
+    trajectories, time_, _ = simulate(systems=60, seed=7)
+    return write_series(path, trajectories, time_)
+
+
+def test_tiny_preset_writes_every_output(series_file, tmp_path):
+    out = tmp_path / "eval"
+    argv = ["--model", "tiny-random", "--data", str(series_file), "--ctx", "40", "80", "--limit", "8", "--out", str(out),
+            "--ledger", str(tmp_path / "ledger.json"), "--quiet", "--workers", "1", "--plot-systems", "0", "3"]
+    assert evaluation.main(argv) == 0
+    for name in ("results.json", "results.md", "mae_vs_horizon.png", "forecasts.png"):
+        assert (out / name).is_file(), name
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["methods"]) == {"model", "persistence", "ode_fit"} and len(r["systems"]) == 8
+    assert r["alpha"] > 0 and r["data"] == str(series_file) and r["flops"] > 0
+    for method in r["methods"].values():
+        assert set(method["contexts"]) == {"40", "80"}
+        for per in method["contexts"].values():
+            assert len(per["mae_by_step"]) == 20 and per["failed_steps"] == 0
+            assert set(per) >= {"mae", "mae_by_species", "mae_original", "mse"}
+        assert method["combined_mae"] == pytest.approx(np.mean([m["mae"] for m in method["contexts"].values()]))
+    assert r["methods"]["ode_fit"]["combined_mae"] < 1e-3  # the data come from the fitted family
+    from flops import Ledger
+    assert Ledger.open(tmp_path / "ledger.json").total == pytest.approx(r["flops"])
+    assert "| persistence |" in (out / "results.md").read_text()
+
+
+def test_any_file_of_the_format(tmp_path):
+    traj = np.random.default_rng(0).uniform(0.1, 3, (12, 70, 2)).astype(np.float32)
+    path = write_series(tmp_path / "other.h5", traj, np.linspace(0, 50, 70))
+    argv = ["--model", "tiny-random", "--data", str(path), "--ctx", "30", "--horizon", "10", "--out", str(tmp_path / "o"),
+            "--ledger", str(tmp_path / "l.json"), "--quiet", "--no-ode-fit"]
+    assert evaluation.main(argv) == 0
+    r = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert len(r["methods"]["model"]["contexts"]["30"]["mae_by_step"]) == 10
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ctx", "90"], "--ctx 90 + --horizon 20 needs 110 time points"),
+    (["--adapter", "/nonexistent"], "--adapter /nonexistent: no adapter_config.json there"),
+    (["--samples", "3"], "--samples > 1 needs --temperature > 0"),
+])
+def test_bad_arguments(series_file, tmp_path, capsys, argv, message):
+    base = ["--model", "tiny-random", "--data", str(series_file), "--out", str(tmp_path / "o"),
+            "--ledger", str(tmp_path / "l.json"), "--quiet"]
+    assert evaluation.main(base + argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# --- the grammar -----------------------------------------------------------------------------------
+
+def number_pattern(tok, decimals=2):
+    return [[tok.token_id(c) for c in chars] for chars in step_pattern(decimals)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grammar_holds_against_adversarial_logits(seed):
+    """The head is rigged so that the model wants separators, letters or stop tokens everywhere."""
+    tok = tiny_tokenizer()
+    model = tiny_random_model()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = model.lm_head.weight
+        w.copy_(torch.randn(w.shape, generator=gen) * 0.05)
+        for bad in ";,.aZ-" + "0":
+            w[tok.token_id(bad)] *= 40  # huge logits for tokens the grammar must refuse in most positions
+    prompts = [tok.encode("0.68,0.75;0.53,0.56;"), tok.encode("1.00,2.00;")]
+    for temperature in (0.0, 5.0):
+        out = generate(model, prompts, 20 * 10, pad_id=tok.pad_id, pattern=number_pattern(tok),
+                       temperature=temperature, generator=gen)
+        for ids in out:
+            assert re.fullmatch(r"(\d\.\d\d,\d\.\d\d;){20}", tok.decode(ids))
+
+
+def test_forced_skipping_and_restricted_head_change_no_token():
+    tok = tiny_tokenizer()
+    model = tiny_random_model()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    prompts = [tok.encode("0.68,0.75;0.53,0.56;0.41,0.38;"), tok.encode("2.00,1.00;")]
+    fast, slow = {}, {}
+    a = generate(model, prompts, 60, pad_id=tok.pad_id, pattern=number_pattern(tok), stats=fast)
+    b = generate(model, prompts, 60, pad_id=tok.pad_id, pattern=number_pattern(tok), skip_forced=False,
+                 restrict_head=False, stats=slow)
+    assert a == b
+    assert fast["forward_calls"] == 36 and slow["forward_calls"] == 60  # 6 free tokens per 10-token step
+    assert fast["flops"] < slow["flops"]
+
+
+# --- metrics and baselines -------------------------------------------------------------------------
+
+def test_mae_by_hand():
+    true = np.zeros((2, 3, 2))
+    pred = np.zeros((2, 3, 2))
+    pred[0, :, 0] = [1, 2, 3]  # system 0 prey off by 1, 2, 3
+    pred[1, 2, 1] = -4  # system 1 predator off by 4 at the last step
+    s = evaluation.score(pred, true, alpha=2.0)
+    # scaled errors: prey 0.5, 1, 1.5 (system 0); predator 2 (system 1, step 3); 12 values in all
+    assert s["mae"] == pytest.approx((0.5 + 1 + 1.5 + 2) / 12)
+    assert s["mae_by_step"] == pytest.approx([0.5 / 4, 1 / 4, (1.5 + 2) / 4])
+    assert s["mae_by_species"]["prey"] == pytest.approx(3 / 6) and s["mae_by_species"]["predator"] == pytest.approx(2 / 6)
+    assert s["mae_original"] == pytest.approx(10 / 12)
+    assert s["mse"] == pytest.approx((0.25 + 1 + 2.25 + 4) / 12)
+
+
+def test_persistence_repeats_the_last_step():
+    ctx = np.arange(10.0).reshape(5, 2)
+    np.testing.assert_array_equal(persistence(ctx, 3), [[8, 9]] * 3)
+
+
+def test_ode_fit_recovers_a_noiseless_system():
+    params = {"a": np.array([0.22]), "b": np.array([0.31]), "g": np.array([0.17]), "K": np.array([9.0]),
+              "c": np.array([0.55]), "h": np.array([0.12]), "x0": np.array([1.05]), "y0": np.array([0.9])}
+    time_ = np.linspace(0, 200, 100)
+    series = integrate(params, time_)[0]
+    forecast, fitted = ode_fit(time_, series[:40], 20)
+    assert np.abs(forecast - series[40:60]).max() < 1e-3
+    np.testing.assert_allclose(fitted, [params[k][0] for k in ("a", "b", "g", "K", "c", "h", "x0", "y0")], rtol=1e-2)
