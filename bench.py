@@ -1,27 +1,47 @@
-"""Side-by-side timings of qwen_min against transformers on the same full-size random weights.
+"""qwen_min against transformers (+ peft) on the same full-size random weights, side by side.
 
-    python bench.py                  # forward, batch 1 x 512 tokens, fp32 on the CPU, median of 3
-    python bench.py --runs 5 --seq-len 256
+    python bench.py                          # all workloads, fp32 on the CPU (takes a while)
+    python bench.py --quick                  # smaller batches and fewer runs: a few minutes on the CPU
     python bench.py --device cuda --dtype bf16
+    python bench.py --only forward --runs 5
 
-Both models are built in one process from one safetensors directory of random weights (Qwen2.5-0.5B's
-shape unless --layers says otherwise); runs alternate ours/theirs so drift in the machine hits both.
-Prints seconds per workload, the ratio ours/theirs (below 1 means we are faster), and achieved
-GFLOP/s from the exact FLOP count.
+Workloads (ours, theirs; alternating A/B, median of --runs):
+  forward  one forward pass, batch 1 x --seq-len tokens, full logits;
+  train    one LoRA training step (rank 8 on q and v, AdamW): our model with our LoRA and loss
+           against transformers + peft with `labels=`; batch 4 x 512 on CUDA, 1 x 512 on the CPU
+           (--train-batch); peak memory of the step measured in a separate process per side;
+  eval     the evaluation workload: prompts of 40 and 80 time steps of simulated series, 20 steps
+           (200 tokens) generated greedily with the output limited to the 13 number tokens: ours with
+           the number grammar, forced-token skipping and the restricted LM head, theirs `generate()`
+           with a logits processor applying the same 13-token mask.
+Prints one row per workload and `ratios forward=X train=Y eval=Z memory=W` (ours / theirs; below 1
+is better for us), and the achieved FLOP/s (exact convention) against a measured matmul peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 
+import numpy as np
 import torch
 
-from qwen_min import QwenConfig, QwenForCausalLM, init_weights, load_pretrained, parse_dtype, save_pretrained
+import lora
+from data import encode, scale_for, step_pattern
+from data.simulate import simulate
+from flops import EXACT
+from qwen_min import QwenConfig, QwenForCausalLM, generate, init_weights, load_pretrained, parse_dtype, save_pretrained
+from qwen_min.loss import lm_loss
+from qwen_min.tokenizer import tiny_tokenizer
+
+NUMBER_CHARS = "0123456789.,;"
 
 
 def sync(device: str) -> None:
@@ -47,53 +67,255 @@ def alternate(ours, theirs, runs: int, device: str) -> tuple[float, float]:
     return statistics.median(a), statistics.median(b)
 
 
-def build_pair(layers: int, dtype: torch.dtype, device: str):
+def matmul_peak(device: str, dtype: torch.dtype) -> float:
+    """FLOP/s of a plain square matmul on this device: 2048 on the CPU, 8192 on a GPU."""
+    n = 8192 if device.startswith("cuda") else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    t = min(timed(lambda: a @ b, device) for _ in range(5))
+    return 2 * n ** 3 / t
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+def save_random(layers: int, directory: str) -> None:
+    save_pretrained(init_weights(QwenForCausalLM(QwenConfig(num_hidden_layers=layers)), seed=0), directory)
+
+
+def load_ours(directory, dtype, device):
+    return load_pretrained(directory, dtype=dtype, device=device)
+
+
+def load_theirs(directory, dtype, device):
     from transformers import Qwen2ForCausalLM
 
-    config = QwenConfig(num_hidden_layers=layers)
-    with tempfile.TemporaryDirectory() as d:
-        save_pretrained(init_weights(QwenForCausalLM(config), seed=0), d)
-        ours = load_pretrained(d, dtype=dtype, device=device)
-        theirs = Qwen2ForCausalLM.from_pretrained(d, dtype=dtype, attn_implementation="sdpa").to(device).eval()
-    return ours, theirs
+    model = Qwen2ForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    model.generation_config.repetition_penalty = None  # forecasting decodes plainly
+    return model
 
+
+# --- training step ---------------------------------------------------------------------------------
+
+def ours_train_step(model, device):
+    lora.inject(model, rank=8, targets=("q_proj", "v_proj"), verbose=False)
+    opt = torch.optim.AdamW(lora.trainable_parameters(model), lr=1e-4)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.dtype == torch.bfloat16 and device.startswith("cuda"))
+
+    def step(ids):
+        model.train()
+        with autocast:
+            loss, _ = lm_loss(model, ids, ids)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def theirs_train_step(model, device):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  lora_dropout=0.0, task_type="CAUSAL_LM"))
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.dtype == torch.bfloat16 and device.startswith("cuda"))
+
+    def step(ids):
+        peft_model.train()
+        with autocast:
+            loss = peft_model(input_ids=ids, labels=ids).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(side: str, directory: str, batch: int, seq_len: int, dtype: str, device: str) -> dict:
+    """Run in its own process: load one side, take two training steps, report the peak memory of the
+    second (RSS sampled every millisecond on the CPU, max allocated on CUDA) and the memory before it."""
+    dt = parse_dtype(dtype)
+    model = (load_ours if side == "ours" else load_theirs)(directory, dt, device)
+    step = (ours_train_step if side == "ours" else theirs_train_step)(model, device)
+    ids = torch.randint(0, 151_000, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    step(ids)  # optimizer state exists from here on
+    sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step(ids)
+        sync(device)
+        return {"before": before, "peak": torch.cuda.max_memory_allocated()}
+    before = rss_bytes()
+    top, done = [before], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            top[0] = max(top[0], rss_bytes())
+            time.sleep(0.001)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    step(ids)
+    done.set()
+    watcher.join()
+    return {"before": before, "peak": top[0]}
+
+
+def measure_memory(side: str, directory: str, a) -> dict:
+    cmd = [sys.executable, __file__, "--memory-child", side, "--weights", directory, "--train-batch", str(a.train_batch),
+           "--seq-len", str(a.seq_len), "--dtype", a.dtype, "--device", a.device]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- evaluation workload ---------------------------------------------------------------------------
+
+def eval_prompts(tok, n: int, ctxs=(40, 80)) -> list[list[int]]:
+    """Half the prompts with 40 time steps of context, half with 80, from simulated series."""
+    trajectories, _, _ = simulate(systems=n, seed=1)
+    alpha = scale_for(trajectories)
+    return [tok.encode(encode(v[:ctxs[i % len(ctxs)]], alpha) + ";") for i, v in enumerate(trajectories)]
+
+
+def qwen_number_ids(tok) -> dict[str, int]:
+    return {c: tok.token_id(c) for c in NUMBER_CHARS}
+
+
+# --- main ------------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per forward pass (default 512)")
-    p.add_argument("--runs", type=int, default=3, help="timed runs of each model (median reported)")
+    p.add_argument("--only", nargs="+", choices=("forward", "train", "eval"), default=["forward", "train", "eval"])
+    p.add_argument("--quick", action="store_true", help="fewer runs and smaller workloads (a few minutes on a CPU)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence for forward and train")
+    p.add_argument("--runs", type=int, default=None, help="timed runs of each side (median); default 3, quick 1")
+    p.add_argument("--train-batch", type=int, default=None, help="training batch (default 4 on CUDA, 1 on the CPU)")
+    p.add_argument("--eval-prompts", type=int, default=None, help="prompts in the eval batch (default 8, quick 4)")
+    p.add_argument("--eval-steps", type=int, default=None, help="time steps generated (default 20, quick 5)")
     p.add_argument("--layers", type=int, default=24, help="decoder blocks (24 is Qwen2.5-0.5B)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", help="fp32 or bf16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = parse_dtype(args.dtype)
-    print(f"# device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} "
-          f"torch={torch.__version__} cpus={os.cpu_count()}", flush=True)
-    ours, theirs = build_pair(args.layers, dtype, args.device)
-    ids = torch.randint(0, 151_000, (1, args.seq_len), generator=torch.Generator().manual_seed(0)).to(args.device)
+    p.add_argument("--memory-child", choices=("ours", "theirs"), help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    cuda = a.device.startswith("cuda")
+    a.train_batch = a.train_batch or (4 if cuda else 1)
+    if a.memory_child:
+        print(json.dumps(memory_child(a.memory_child, a.weights, a.train_batch, a.seq_len, a.dtype, a.device)))
+        return 0
+    a.runs = a.runs or (1 if a.quick else 3)
+    a.eval_prompts = a.eval_prompts or (4 if a.quick else 8)
+    a.eval_steps = a.eval_steps or (5 if a.quick else 20)
+    if a.quick and not cuda:
+        a.seq_len = min(a.seq_len, 256)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dtype = parse_dtype(a.dtype)
+    print(f"# device={a.device} dtype={a.dtype} threads={torch.get_num_threads()} torch={torch.__version__} "
+          f"cpus={os.cpu_count()} layers={a.layers} runs={a.runs}"
+          + (f" gpu={torch.cuda.get_device_name()}" if cuda else ""), flush=True)
+    peak = matmul_peak(a.device, dtype)
+    rows, ratios = [], {}
+    with tempfile.TemporaryDirectory() as directory:
+        save_random(a.layers, directory)
+        ours, theirs = load_ours(directory, dtype, a.device), load_theirs(directory, dtype, a.device)
+        config = ours.config
+        gen = torch.Generator().manual_seed(0)
 
-    with torch.inference_mode():
-        same = (ours(ids).float() - theirs(input_ids=ids).logits.float()).abs().max().item()
-        t_ours, t_theirs = alternate(lambda: ours(ids), lambda: theirs(input_ids=ids), args.runs, args.device)
-    flops = forward_flops(ours.config, args.seq_len)
-    print(f"{'workload':<28}{'ours s':>10}{'theirs s':>10}{'ratio':>8}{'ours GFLOP/s':>14}")
-    print(f"{f'forward 1x{args.seq_len}':<28}{t_ours:>10.3f}{t_theirs:>10.3f}{t_ours / t_theirs:>8.3f}"
-          f"{flops / t_ours / 1e9:>14.1f}")
-    print(f"# max |logits difference| = {same:.2e}")
-    print(f"ratios forward={t_ours / t_theirs:.3f}")
+        if "forward" in a.only:
+            ids = torch.randint(0, 151_000, (1, a.seq_len), generator=gen).to(a.device)
+            with torch.inference_mode():
+                diff = (ours(ids).float() - theirs(input_ids=ids).logits.float()).abs().max().item()
+                t_ours, t_theirs = alternate(lambda: ours(ids), lambda: theirs(input_ids=ids), a.runs, a.device)
+            flops = ours.flops(a.seq_len, EXACT).forward
+            rows.append((f"forward 1x{a.seq_len}", t_ours, t_theirs, flops / t_ours, f"max |logit diff| {diff:.1e}"))
+            ratios["forward"] = t_ours / t_theirs
+
+        if "eval" in a.only:
+            tok = _qwen_tokenizer_or_none()
+            if tok is None:  # no real vocabulary at hand: the same digit-per-token behaviour, Qwen's ids unknown
+                tok = tiny_tokenizer()
+            prompts = eval_prompts(tok, a.eval_prompts)
+            pattern = [[tok.token_id(c) for c in chars] for chars in step_pattern(2)]
+            allowed = sorted(qwen_number_ids(tok).values())
+            new_tokens = 10 * a.eval_steps
+            stats = {}
+            ours_fn = lambda: generate(ours, prompts, new_tokens, pad_id=0, pattern=pattern, stats=stats)  # noqa: E731
+            theirs_fn = lambda: hf_generate(theirs, prompts, new_tokens, allowed, a.device)  # noqa: E731
+            same = generate(ours, prompts, new_tokens, pad_id=0, allowed_token_ids=allowed) == theirs_fn()
+            t_ours, t_theirs = alternate(ours_fn, theirs_fn, a.runs, a.device)
+            calls = stats["forward_calls"] / (a.runs + 1)
+            rows.append((f"eval {len(prompts)} prompts x {new_tokens} tok", t_ours, t_theirs,
+                         stats["flops"] / (a.runs + 1) / t_ours,
+                         f"mask-only tokens equal: {same}; {calls:.0f} forward calls vs {new_tokens}"))
+            ratios["eval"] = t_ours / t_theirs
+
+        if "train" in a.only:
+            ids = torch.randint(0, 151_000, (a.train_batch, a.seq_len), generator=gen).to(a.device)
+            ours_step, theirs_step = ours_train_step(ours, a.device), theirs_train_step(theirs, a.device)
+            l1, l2 = ours_step(ids).item(), theirs_step(ids).item()
+            t_ours, t_theirs = alternate(lambda: ours_step(ids), lambda: theirs_step(ids), a.runs, a.device)
+            flops = a.train_batch * ours.flops(a.seq_len, EXACT, head_positions=a.seq_len - 1).training
+            del ours, theirs
+            m_ours, m_theirs = measure_memory("ours", directory, a), measure_memory("theirs", directory, a)
+            gib = 2 ** 30
+            rows.append((f"train step {a.train_batch}x{a.seq_len}", t_ours, t_theirs, flops / t_ours,
+                         f"first loss {l1:.4f} vs {l2:.4f}"))
+            rows.append(("  peak memory GiB (step)", m_ours["peak"] / gib, m_theirs["peak"] / gib, None,
+                         f"before the step {m_ours['before'] / gib:.2f} vs {m_theirs['before'] / gib:.2f}; "
+                         f"added {(m_ours['peak'] - m_ours['before']) / gib:.2f} vs "
+                         f"{(m_theirs['peak'] - m_theirs['before']) / gib:.2f}"))
+            ratios["train"] = t_ours / t_theirs
+            ratios["memory"] = m_ours["peak"] / m_theirs["peak"]
+
+    print(f"{'workload':<34}{'ours':>10}{'theirs':>10}{'ratio':>8}{'ours GFLOP/s':>14}{'MFU':>7}  notes")
+    for name, o, t, fps, note in rows:
+        rate = f"{fps / 1e9:>14.1f}{fps / peak:>7.1%}" if fps else f"{'':>21}"
+        print(f"{name:<34}{o:>10.3f}{t:>10.3f}{o / t:>8.3f}{rate}  {note}")
+    print(f"# matmul peak {peak / 1e9:.1f} GFLOP/s; times in seconds (medians), memory in GiB")
+    print("ratios " + " ".join(f"{k}={ratios[k]:.3f}" for k in ("forward", "train", "eval", "memory") if k in ratios))
     return 0
 
 
-def forward_flops(config: QwenConfig, T: int) -> float:
-    """2 FLOPs per multiply-add of every matmul in one forward pass (causal attention halved)."""
-    d, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    hq, hk, e = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    linear = d * (hq * e) + 2 * d * (hk * e) + (hq * e) * d + 3 * d * f
-    attention = 2 * hq * e * T * (T + 1) / 2 * 2  # QK^T and AV over the causal triangle
-    return L * (2 * linear * T + attention) + 2 * d * config.vocab_size * T
+def _qwen_tokenizer_or_none():
+    """The real Qwen vocabulary from ../shared/ when present (its digit ids matter to the mask)."""
+    from pathlib import Path
+
+    from qwen_min import load_tokenizer
+
+    shared = Path(__file__).resolve().parent.parent / "shared" / "qwen2.5-tokenizer"
+    return load_tokenizer(shared) if (shared / "tokenizer.json").is_file() else None
+
+
+def hf_generate(model, prompts, new_tokens: int, allowed: list[int], device: str) -> list[list[int]]:
+    """transformers' generate(), greedy, with a logits processor that keeps only `allowed` tokens."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Mask(LogitsProcessor):
+        def __init__(self):
+            self.keep = None
+
+        def __call__(self, input_ids, scores):
+            if self.keep is None:
+                self.keep = torch.full_like(scores, float("-inf"))
+                self.keep[:, allowed] = 0
+            return scores + self.keep
+
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False, logits_processor=LogitsProcessorList([Mask()]), pad_token_id=0,
+                             eos_token_id=None)
+    return out[:, width:].tolist()
 
 
 if __name__ == "__main__":

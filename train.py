@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import lora
 from data import DataError, ensure_data, make_splits, make_windows, scale_for
@@ -33,6 +32,7 @@ from data.windows import IGNORE, tokenize_series
 from flops import BudgetExceeded, Ledger, get_convention
 from flops.ledger import DEFAULT_BUDGET, LedgerError
 from qwen_min import LoadError, load_pretrained, load_tokenizer, parse_dtype
+from qwen_min.loss import lm_loss
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_DATA = "data/lotka_volterra_data.h5"
@@ -171,20 +171,6 @@ def batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
 
 
 # --- loss and FLOPs --------------------------------------------------------------------------------
-
-def lm_loss(model, input_ids, labels, attention_mask=None) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross-entropy over labelled positions; the LM head runs only on those.
-
-    Windows are padded on the right, so causal attention alone keeps every real token from seeing
-    padding: no mask is needed and the fast causal kernel runs. Returns (loss, positions scored).
-    """
-    del attention_mask  # right padding: see the docstring
-    hidden = model.model(input_ids)[:, :-1]  # (B, T-1, D)
-    targets = labels[:, 1:]
-    scored = targets != IGNORE
-    logits = model.lm_head(hidden[scored])  # (N, V): only where there is a label
-    return F.cross_entropy(logits.float(), targets[scored]), int(scored.sum())
-
 
 def step_cost(model, convention, chunk: int, labels: torch.Tensor):
     """FLOPs of one training step on these windows: every window's tokens (padding included) through

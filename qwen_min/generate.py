@@ -35,14 +35,15 @@ def generate(model: QwenForCausalLM, prompts: Sequence[Sequence[int]], max_new_t
              allowed_token_ids: Sequence[int] | None = None, pattern: Sequence[Sequence[int]] | None = None,
              stop_ids: Sequence[int] = (), temperature: float = 0.0, generator: torch.Generator | None = None,
              use_cache: bool = True, skip_forced: bool = True, restrict_head: bool = True,
-             stats: dict | None = None) -> list[list[int]]:
+             ragged_prefill: bool = True, stats: dict | None = None) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; return the new tokens of each, stop token excluded.
 
     Token choice: among `allowed_token_ids`, or, with `pattern`, among pattern[i % len(pattern)] for the
     i-th new token (a fixed-length grammar, such as a number format). With `restrict_head` the LM head
     is computed only for the rows that may be chosen (13 instead of 151,936 for number text). With
     `skip_forced`, a position whose set holds one token is appended without a forward pass and fed
-    together with the next position. `use_cache=False` recomputes the whole sequence at every step
+    together with the next position. With `ragged_prefill` prompts of different lengths are prefilled
+    in groups of equal length, so no padding is computed. `use_cache=False` recomputes the whole sequence at every step
     (the reference the cache is tested against). `stats`, if given, receives forward_calls and the
     FLOPs spent (`flops`, under stats['convention'], default exact; padding computed is counted).
     """
@@ -70,8 +71,12 @@ def generate(model: QwenForCausalLM, prompts: Sequence[Sequence[int]], max_new_t
             if not use_cache:
                 feed_ids, feed_mask = torch.cat([ids, out], 1), torch.cat([mask, torch.ones_like(out)], 1)
             past = cache.length if cache is not None else 0
-            hidden = model.model(feed_ids, feed_mask, cache=cache)[:, -1]  # (B, D)
-            counter.add(feed_ids.shape[1], past, B, head.shape[0])
+            if cache is not None and past == 0 and ragged_prefill:
+                hidden = prefill_by_length(model, cache, feed_ids, feed_mask, counter)
+            else:
+                hidden = model.model(feed_ids, feed_mask, cache=cache)[:, -1]  # (B, D)
+                counter.add(feed_ids.shape[1], past, B)
+            counter.head(B, head.shape[0])
             scores = torch.nn.functional.linear(hidden, head)  # (B, rows)
             if rule is not None and not restrict_head:  # the full head, then a mask
                 masked = torch.full_like(scores, float("-inf"))
@@ -96,6 +101,25 @@ def generate(model: QwenForCausalLM, prompts: Sequence[Sequence[int]], max_new_t
     return results
 
 
+def prefill_by_length(model, cache: KVCache, ids: torch.Tensor, mask: torch.Tensor, counter) -> torch.Tensor:
+    """Prefill a left-padded batch one group of equal prompt length at a time, with no padding and the
+    plain causal kernel, writing each group's keys and values where the padded batch would have them.
+    Returns the last position's hidden state (B, D)."""
+    B, W = ids.shape
+    lengths = mask.sum(1)
+    hidden = torch.empty((B, model.config.hidden_size), dtype=model.dtype, device=ids.device)
+    for n in sorted(set(lengths.tolist())):
+        rows = (lengths == n).nonzero().flatten()
+        part = KVCache(model.config, len(rows), n, model.dtype, ids.device)
+        hidden[rows] = model.model(ids[rows, W - n:], cache=part)[:, -1]
+        cache.k[:, rows, :, W - n:W] = part.k
+        cache.v[:, rows, :, W - n:W] = part.v
+        counter.add(n, 0, len(rows))
+    cache.valid[:, :W] = mask.bool()
+    cache.length = W
+    return hidden
+
+
 class _FlopCounter:
     """Adds each forward call's FLOPs, from the model's own `flops()`, to a stats dict."""
 
@@ -108,11 +132,14 @@ class _FlopCounter:
             stats.setdefault("forward_calls", 0)
             stats.setdefault("flops", 0.0)
 
-    def add(self, tokens: int, past: int, batch: int, head_rows: int) -> None:
-        if self.stats is None:
-            return
-        m, c = self.model, self.convention
-        body = m.model.flops(tokens, c, past).forward
-        head = c.linear(1, m.lm_head.in_features, head_rows, False, False).forward
-        self.stats["forward_calls"] += 1
-        self.stats["flops"] += batch * (body + head)
+    def add(self, tokens: int, past: int, batch: int) -> None:
+        """One forward of `batch` rows of `tokens` new tokens after `past` cached positions."""
+        if self.stats is not None:
+            self.stats["forward_calls"] += 1
+            self.stats["flops"] += batch * self.model.model.flops(tokens, self.convention, past).forward
+
+    def head(self, batch: int, rows: int) -> None:
+        """The LM head on the last position of each row, over `rows` vocabulary rows."""
+        if self.stats is not None:
+            m = self.model
+            self.stats["flops"] += batch * self.convention.linear(1, m.lm_head.in_features, rows, False, False).forward
