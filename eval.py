@@ -8,7 +8,7 @@
 For each context length the first `ctx` steps of each system are written as text (ending with ';'),
 the model continues them for --horizon steps under a grammar of the number format (so every step
 parses), and the forecast is scored against the truth. Writes to --out: results.json, results.md,
-mae_vs_horizon.png, forecasts.png. Generation FLOPs are charged to --ledger.
+mae_vs_horizon.png, forecasts.png, forecasts.npz (every forecast, for later figures). Generation FLOPs are charged to --ledger.
 """
 
 from __future__ import annotations
@@ -249,14 +249,32 @@ def plot_forecasts(values, time, forecasts: dict, systems: list[int], picks: lis
 
 # --- the whole evaluation --------------------------------------------------------------------------
 
-def evaluate(a) -> dict:
+def select(a):
+    """(series, evaluated system indices, their values (systems, points, 2), the split's alpha)."""
     series = ensure_data(a.data) if a.data == DEFAULT_DATA else load_series(a.data)
     check(a, series.points)
     a.ctx = sorted(set(a.ctx))
     split = make_splits(series.systems, seed=a.split_seed)[a.split]
     alpha = scale_for(series.trajectories[split])
     systems = split[: a.limit] if a.limit else split
-    values = series.trajectories[systems].astype(np.float64)
+    return series, systems, series.trajectories[systems].astype(np.float64), alpha
+
+
+def planned_cost(argv: list[str], rank: int = 0, targets=("q_proj", "v_proj")) -> float:
+    """Upper bound of the FLOPs `python eval.py ARGV` charges for one model (with a LoRA of `rank`)."""
+    from flops.report import meta_model
+    from qwen_min import load_config
+
+    a = parser().parse_args(argv)
+    _, _, values, alpha = select(a)
+    model = meta_model(load_config(a.model), rank, targets)
+    exists = Path(a.ledger).exists()
+    convention = get_convention(Ledger.open(a.ledger).convention if exists else a.convention)
+    return planned_flops(model, load_tokenizer(a.model), values, a, alpha, convention)
+
+
+def evaluate(a) -> dict:
+    series, systems, values, alpha = select(a)
     truth = {ctx: values[:, ctx:ctx + a.horizon] for ctx in a.ctx}
     adapters = [resolve_adapter(p) for p in a.adapter]
     labels = ([] if (adapters and a.no_base) else ["model"]) + [
@@ -312,6 +330,9 @@ def evaluate(a) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    np.savez_compressed(out / "forecasts.npz", systems=np.asarray(systems), time=series.time,
+                        **{f"truth|{ctx}": values[:, :ctx + a.horizon] for ctx in a.ctx},
+                        **{f"{m}|{ctx}": fc[ctx] for m, fc in forecasts.items() for ctx in a.ctx})
     (out / "results.md").write_text(markdown(results))
     plot_horizon(results, out / "mae_vs_horizon.png")
     plot_forecasts(values, series.time, forecasts, systems, a.plot_systems, a.ctx, a.horizon, out / "forecasts.png")

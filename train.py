@@ -4,6 +4,7 @@
     python train.py --model tiny-random --max-steps 300 --eval-every 50 --out runs/tiny
     python train.py --resume runs/tiny                         # continue a stopped or killed run
     python train.py sweep --model tiny-random --max-steps 40   # lr x rank grid on 20% of the training systems
+    python train.py plan --out runs/report                     # the report's whole plan (see reproduce.py)
     torchrun --nproc-per-node 2 train.py ...                   # data parallel; each process charges its share
 
 Every run writes to --out: config.json (the resolved settings), metrics.jsonl (a line per step),
@@ -20,6 +21,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from data import DataError, ensure_data, make_splits, make_windows, scale_for
 from data.windows import IGNORE, tokenize_series
 from flops import BudgetExceeded, Ledger, get_convention
 from flops.ledger import DEFAULT_BUDGET, LedgerError
-from qwen_min import LoadError, load_pretrained, load_tokenizer, parse_dtype
+from qwen_min import LoadError, load_pretrained, load_tokenizer, parse_dtype, save_pretrained
 from qwen_min.loss import lm_loss
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -70,13 +72,18 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--convention", choices=("exact", "coursework"), default="exact",
                    help="FLOPs convention of a new ledger")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    p.add_argument("--full", action="store_true",
+                   help="train every parameter (no LoRA); default for the scratch-* presets")
+    p.add_argument("--fresh-systems", type=int, default=None,
+                   help="simulate this many new training systems every epoch instead of the file's training split "
+                        "(default 850 for the scratch-* presets, else 0)")
     p.add_argument("--log", choices=("none", "tensorboard", "wandb"), default="none", help="extra logging")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python train.py", description=__doc__.split("\n")[0],
-                                epilog="Subcommands: `python train.py sweep --help`.")
+                                epilog="Subcommands: `python train.py sweep --help`, `python train.py plan --help`.")
     add_common_args(p)
     p.add_argument("--rank", type=int, default=8, help="LoRA rank")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (AdamW on the LoRA parameters)")
@@ -102,6 +109,8 @@ def check_args(a) -> None:
         raise UsageError(f"--train-fraction must be in (0, 1], got {a.train_fraction}")
     if not a.budget > 0:
         raise UsageError(f"--budget must be positive, got {a.budget}")
+    if a.fresh_systems is not None and a.fresh_systems < 0:
+        raise UsageError(f"--fresh-systems must be >= 0, got {a.fresh_systems}")
     if a.val_limit is not None and a.val_limit < 1:
         raise UsageError(f"--val-limit must be at least 1, got {a.val_limit}")
     try:
@@ -116,19 +125,48 @@ def check_args(a) -> None:
 
 def default_name(a) -> str:
     frac = "" if a.train_fraction == 1 else f"-f{a.train_fraction:g}"
+    if a.full:
+        return f"full-{Path(str(a.model)).name}-lr{a.lr:g}-c{a.chunk}{frac}"
     return f"lora-r{a.rank}-lr{a.lr:g}-c{a.chunk}{frac}"
+
+
+def apply_preset_defaults(a) -> None:
+    """The scratch-* presets train every parameter on a stream of fresh systems unless told otherwise."""
+    scratch = str(a.model).startswith("scratch-")
+    a.full = a.full or scratch
+    if a.fresh_systems is None:
+        a.fresh_systems = 850 if scratch else 0
 
 
 # --- data ------------------------------------------------------------------------------------------
 
+FRESH_SEED = 1_000_003  # fresh systems are drawn from seeds far from any data file's
+
+
 @dataclass
 class Prepared:
-    windows: dict[str, torch.Tensor]  # input_ids, labels, attention_mask: (N, chunk)
+    windows: dict[str, torch.Tensor]  # input_ids, labels, attention_mask: (N, chunk), epoch 0
     val_ids: list[list[int]]  # whole validation systems, not chunked
     train_systems: list[int]
     val_systems: list[int]
     alpha_train: float
     alpha_val: float
+    stream: Callable[[int], dict[str, torch.Tensor]] | None = None  # epoch -> windows of fresh systems
+    _epoch: tuple[int, dict] | None = None
+
+    def windows_of(self, epoch: int) -> dict[str, torch.Tensor]:
+        if self.stream is None or epoch == 0:
+            return self.windows
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, self.stream(epoch))
+        return self._epoch[1]
+
+    def batch(self, step: int, batch: int, seed: int, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, labels) of step `step` (this process's `rows` of it)."""
+        picks = batch_positions(step, batch, len(self.windows["input_ids"]), seed)[rows]
+        ids = torch.stack([self.windows_of(e)["input_ids"][i] for e, i in picks])
+        labels = torch.stack([self.windows_of(e)["labels"][i] for e, i in picks])
+        return ids, labels
 
 
 def prepare_data(a, tok) -> Prepared:
@@ -148,7 +186,26 @@ def prepare_data(a, tok) -> Prepared:
         raise UsageError(f"--chunk {a.chunk} is smaller than one time step of text ({step_tokens} tokens)")
     windows = make_windows(train_ids, a.chunk, a.stride, pad_id=tok.pad_id or 0)
     val_ids = tokenize_series(series.trajectories[val], alpha_val, tok.encode, a.decimals)
-    return Prepared(windows, val_ids, train, val, alpha_train, alpha_val)
+    stream, counts = None, set()
+    if a.fresh_systems:
+        def stream(epoch: int) -> dict[str, torch.Tensor]:
+            """Epoch `epoch`'s new systems, simulated (never the file's validation systems), clipped so
+            every scaled value keeps one digit before the point."""
+            from data.simulate import simulate
+
+            traj, _, _ = simulate(a.fresh_systems, FRESH_SEED + 1000 * a.seed + epoch, series.points,
+                                  float(series.time[-1]))
+            traj = np.minimum(traj, alpha_train * (10 - 10.0 ** -a.decimals))
+            ids = tokenize_series(traj, alpha_train, tok.encode, a.decimals)
+            fresh = make_windows(ids, a.chunk, a.stride, pad_id=tok.pad_id or 0)
+            counts.add(len(fresh["input_ids"]))
+            if len(counts) > 1:  # every system is the same number of tokens, so this can't happen
+                raise RuntimeError("fresh epochs must cut into the same number of windows")
+            return fresh
+
+        windows = stream(0)
+        train = []
+    return Prepared(windows, val_ids, train, val, alpha_train, alpha_val, stream)
 
 
 def _load(path):
@@ -157,17 +214,21 @@ def _load(path):
     return load_series(path)
 
 
-def batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
-    """Window indices of step `step` (1-based): epochs are seeded permutations, read in order.
-
-    The position in the data follows from the step alone, so a resumed run reads the same batches."""
-    start = (step - 1) * batch
+def batch_positions(step: int, batch: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """(epoch, window index) of each row of step `step` (1-based): every epoch is a seeded permutation
+    of its n windows, read in order. The position in the data follows from the step alone, so a
+    resumed run reads the same batches."""
     out = []
-    for pos in range(start, start + batch):
+    for pos in range((step - 1) * batch, step * batch):
         epoch, i = divmod(pos, n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        out.append(int(perm[i]))
+        out.append((epoch, int(perm[i])))
     return out
+
+
+def batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
+    """Window indices of step `step` when every epoch reads the same windows."""
+    return [i for _, i in batch_positions(step, batch, n, seed)]
 
 
 # --- loss and FLOPs --------------------------------------------------------------------------------
@@ -280,6 +341,16 @@ def distributed() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), world
 
 
+def save_weights(model, path: Path, a, tok) -> None:
+    """LoRA runs: the adapter (PEFT layout) in adapter_best/ or adapter_last/; full runs: the whole
+    model with its tokenizer (Hugging Face layout) in model_best/ or model_last/."""
+    kind = path.name
+    if a.full:
+        save_pretrained(model, path.with_name(f"model_{kind}"), tokenizer=tok)
+    else:
+        lora.save_adapter(model, path.with_name(f"adapter_{kind}"), base_model_name_or_path=a.model)
+
+
 def all_agree(ok: bool, world: int, device) -> bool:
     """True only if every process says so: all stop together at the budget."""
     if world == 1:
@@ -293,6 +364,10 @@ def all_agree(ok: bool, world: int, device) -> bool:
 
 def build_model(a, device, dtype, seed: int):
     model = load_pretrained(a.model, dtype=dtype, device=device)
+    if a.full:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
     lora.inject(model, rank=a.rank, alpha=a.alpha, dropout=a.dropout, targets=a.targets, verbose=False)
     gen = torch.Generator().manual_seed(seed)
     for layer in lora.lora_layers(model).values():
@@ -318,7 +393,7 @@ def resolve(a) -> dict:
     keys = ["model", "data", "split_seed", "chunk", "stride", "batch_size", "eval_every", "val_limit", "alpha",
             "dropout", "targets", "weight_decay", "schedule", "warmup", "clip", "decimals", "seed", "device",
             "dtype", "ledger", "budget", "convention", "checkpoint_every", "log", "rank", "lr", "train_fraction",
-            "max_steps", "out", "name"]
+            "max_steps", "out", "name", "full", "fresh_systems"]
     return {k: getattr(a, k) for k in keys}
 
 
@@ -338,7 +413,7 @@ def train(a) -> dict:
     tok = load_tokenizer(a.model)
     prep = prepare_data(a, tok)
     model = build_model(a, device, dtype, a.seed)
-    params = lora.trainable_parameters(model)
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=a.weight_decay)
     n_windows = len(prep.windows["input_ids"])
     eval_flops = val_cost(model, convention, prep.val_ids)
@@ -372,7 +447,8 @@ def train(a) -> dict:
                   "train_systems": prep.train_systems, "validation_systems": prep.val_systems,
                   "alpha_train": prep.alpha_train, "alpha_validation": prep.alpha_val, "windows": n_windows,
                   "flops_per_full_step": full_step, "flops_per_validation": eval_flops,
-                  "trainable_parameters": sum(p.numel() for p in params), "lora": lora.summary(model)}
+                  "trainable_parameters": sum(p.numel() for p in params),
+                  "lora": None if a.full else lora.summary(model)}
         (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
         metrics_path.write_text("".join(json.dumps(m) + "\n" for m in metrics))
     logger = make_logger(a, out) if main_process else None
@@ -392,13 +468,12 @@ def train(a) -> dict:
                                "best_val": best_val, "tokens": tokens_seen, "seconds": elapsed, "flops": flops_used,
                                "rng": rng_state()},
                               ckpt_path)
-            lora.save_adapter(model, out / "adapter_last", base_model_name_or_path=a.model)
+            save_weights(model, out / "last", a, tok)
 
     try:
         while step < a.max_steps:
             nxt = step + 1
-            idx = batch_indices(nxt, a.batch_size, n_windows, a.seed)[rank_id::world]
-            labels = prep.windows["labels"][idx]
+            input_ids, labels = prep.batch(nxt, a.batch_size, a.seed, slice(rank_id, None, world))
             cost = step_cost(model, convention, a.chunk, labels).training
             do_eval = nxt % a.eval_every == 0 or nxt == a.max_steps
             eval_share = eval_flops if do_eval and main_process else 0.0  # the main process validates
@@ -412,14 +487,14 @@ def train(a) -> dict:
             for g in opt.param_groups:
                 g["lr"] = learning_rate(a, nxt)
             with autocast():
-                loss, _ = train_model(prep.windows["input_ids"][idx].to(device), labels.to(device))
+                loss, _ = train_model(input_ids.to(device), labels.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if a.clip:
                 torch.nn.utils.clip_grad_norm_(params, a.clip)
             opt.step()
             step = nxt
-            tokens = len(idx) * a.chunk
+            tokens = len(labels) * a.chunk
             tokens_seen += tokens * world
             ledger.charge(name, "train", cost, tokens=tokens, step=step)
             flops_used += cost
@@ -430,7 +505,7 @@ def train(a) -> dict:
                 flops_used += eval_share
                 if val < best_val:
                     best_val = val
-                    lora.save_adapter(model, out / "adapter_best", base_model_name_or_path=a.model)
+                    save_weights(model, out / "best", a, tok)
             elapsed += time.perf_counter() - t0
             if main_process:
                 row = {"step": step, "train_loss": loss.item(), "val_loss": val, "lr": learning_rate(a, step),
@@ -502,6 +577,7 @@ def args_for_run(argv) -> argparse.Namespace:
         if a.dtype in ("bfloat16",):
             a.dtype = "bf16"
         a.out = a.resume
+    apply_preset_defaults(a)
     check_args(a)
     a.name = a.name or default_name(a)
     a.out = a.out or str(Path("runs") / a.name)
@@ -621,6 +697,10 @@ def main(argv=None) -> int:
         if argv and argv[0] == "sweep":
             sweep(sweep_parser().parse_args(argv[1:]))
             return 0
+        if argv and argv[0] == "plan":
+            import reproduce
+
+            return reproduce.main(argv[1:])
         a = args_for_run(argv)
         summary = train(a)
     except (UsageError, LoadError, DataError, LedgerError, BudgetExceeded) as e:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import LoadError
+from .presets import PRESETS
 
-TINY_RANDOM = "tiny-random"
 
 # what a model directory needs; *.json also brings tokenizer_config.json and the safetensors index
 HUB_PATTERNS = ["*.json", "*.safetensors", "merges.txt"]
@@ -28,7 +28,7 @@ def resolve_dir(name_or_path: str | Path) -> Path:
     name = str(name_or_path)
     if not looks_like_hub_id(name):
         raise LoadError(f"{name}: no such directory (expected a local model directory, a hub id such as "
-                        f"Qwen/Qwen2.5-0.5B-Instruct, or {TINY_RANDOM!r})")
+                        f"Qwen/Qwen2.5-0.5B-Instruct, or a preset: {', '.join(PRESETS)})")
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError

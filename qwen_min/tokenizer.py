@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tokenizers import Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
 from .errors import LoadError
-from .hub import TINY_RANDOM, resolve_dir
+from .hub import resolve_dir
+from .presets import TINY_RANDOM
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
 
@@ -74,10 +76,27 @@ def tiny_tokenizer() -> Tokenizer:
     return Tokenizer(tok, TINY_RANDOM)
 
 
+NUMBER_SYMBOLS = "0123456789.,;"
+
+
+def number_tokenizer() -> Tokenizer:
+    """The compact vocabulary of number text: `0`-`9` (ids 0-9), `.` 10, `,` 11, `;` 12, then
+    `<|endoftext|>` 13 and `<unk>` 14 for any other character. One token per character."""
+    vocab = {ch: i for i, ch in enumerate(NUMBER_SYMBOLS)}
+    vocab.update({"<|endoftext|>": len(vocab), "<unk>": len(vocab) + 1})
+    tok = HFTokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(["<|endoftext|>"])
+    return Tokenizer(tok, "numbers")
+
+
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
-    """Qwen's tokenizer from a directory holding tokenizer.json, a hub id, or `tiny-random`."""
-    if str(name_or_path) == TINY_RANDOM:
-        return tiny_tokenizer()
+    """Qwen's tokenizer from a directory holding tokenizer.json, a hub id, or a preset's tokenizer."""
+    from .presets import is_preset, preset_tokenizer
+
+    if is_preset(name_or_path):
+        return preset_tokenizer(str(name_or_path))
     directory = resolve_dir(name_or_path)
     path = directory / "tokenizer.json"
     if not path.is_file():

@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 
 from .config import QwenConfig
 from .errors import LoadError
-from .hub import TINY_RANDOM, resolve_dir
-from .model import QwenForCausalLM, init_weights
+from .hub import resolve_dir
+from .model import QwenForCausalLM
+from .presets import is_preset, preset_config, preset_model
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -31,32 +32,10 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def tiny_config(vocab_size: int) -> QwenConfig:
-    """The offline preset's shape: same architecture, 2 blocks of width 64 (4 query heads, 2 KV heads)."""
-    return QwenConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      bos_token_id=None, eos_token_id=None)
-
-
-def tiny_random_model(seed: int = 0) -> QwenForCausalLM:
-    """A small model of the Qwen2 architecture with fixed random weights, for runs with no weights at hand.
-
-    The weights depend only on `seed`, so a LoRA adapter trained on it loads onto it again later.
-    """
-    from .tokenizer import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    vocab = -(-tok.vocab_size // 16) * 16  # round up, as Qwen's own embedding is wider than its tokenizer
-    cfg = tiny_config(vocab)
-    cfg = QwenConfig(**{**cfg.__dict__, "bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id})
-    return init_weights(QwenForCausalLM(cfg), seed=seed).eval()
-
-
 def load_config(name_or_path: str | Path) -> QwenConfig:
     """The config alone (no weights read): for FLOPs planning on the meta device."""
-    if str(name_or_path) == TINY_RANDOM:
-        with torch.device("meta"):
-            return tiny_random_model().config
+    if is_preset(name_or_path):
+        return preset_config(str(name_or_path))
     return QwenConfig.from_json(resolve_dir(name_or_path) / "config.json")
 
 
@@ -132,15 +111,16 @@ def load_state(directory: Path, config: QwenConfig, dtype: torch.dtype, device) 
 
 def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.float32,
                     device: str | torch.device = "cpu") -> QwenForCausalLM:
-    """A Qwen2-architecture model from a local Hugging Face directory, a hub id, or `tiny-random`.
+    """A Qwen2-architecture model from a local Hugging Face directory, a hub id, or a preset
+    (`tiny-random`, `scratch-1m`, `scratch-5m`, `scratch-20m`: see `presets`).
 
     Built on the meta device, then the checked tensors are assigned: no memory is spent on a random
     initialisation, and any error (missing file, unknown key, wrong shape) is raised before a model
     exists. Returned in eval mode.
     """
     dtype = parse_dtype(dtype)
-    if str(name_or_path) == TINY_RANDOM:
-        return tiny_random_model().to(device=device, dtype=dtype)
+    if is_preset(name_or_path):
+        return preset_model(str(name_or_path)).to(device=device, dtype=dtype)
     directory = resolve_dir(name_or_path)
     config = QwenConfig.from_json(directory / "config.json")
     state = load_state(directory, config, dtype, device)
