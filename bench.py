@@ -30,7 +30,6 @@ import tempfile
 import threading
 import time
 
-import numpy as np
 import torch
 
 import lora
@@ -226,7 +225,6 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as directory:
         save_random(a.layers, directory)
         ours, theirs = load_ours(directory, dtype, a.device), load_theirs(directory, dtype, a.device)
-        config = ours.config
         gen = torch.Generator().manual_seed(0)
 
         if "forward" in a.only:

@@ -222,7 +222,7 @@ def reproduce(a) -> Path:
         raise train.UsageError(f"--shares must be three non-negative numbers summing to 1, got {a.shares}")
     plan = Plan(a)
     numbers = plan.run_plan()
-    ledger = Ledger.open(plan.ledger_path, budget=a.budget, convention=a.convention)
+    Ledger.open(plan.ledger_path, budget=a.budget, convention=a.convention)  # refuses another budget
     say(f"plan: budget {a.budget:.3e} FLOPs ({a.convention}), shares {a.shares}; default run "
         f"{numbers['default_steps']} steps; grid runs {numbers['grid_steps']} steps by rank; ledger {plan.ledger_path}")
 

@@ -188,7 +188,7 @@ def prepare_data(a, tok) -> Prepared:
     val_ids = tokenize_series(series.trajectories[val], alpha_val, tok.encode, a.decimals)
     stream, counts = None, set()
     if a.fresh_systems:
-        def stream(epoch: int) -> dict[str, torch.Tensor]:
+        def fresh(epoch: int) -> dict[str, torch.Tensor]:
             """Epoch `epoch`'s new systems, simulated (never the file's validation systems), clipped so
             every scaled value keeps one digit before the point."""
             from data.simulate import simulate
@@ -197,12 +197,13 @@ def prepare_data(a, tok) -> Prepared:
                                   float(series.time[-1]))
             traj = np.minimum(traj, alpha_train * (10 - 10.0 ** -a.decimals))
             ids = tokenize_series(traj, alpha_train, tok.encode, a.decimals)
-            fresh = make_windows(ids, a.chunk, a.stride, pad_id=tok.pad_id or 0)
-            counts.add(len(fresh["input_ids"]))
+            cut = make_windows(ids, a.chunk, a.stride, pad_id=tok.pad_id or 0)
+            counts.add(len(cut["input_ids"]))
             if len(counts) > 1:  # every system is the same number of tokens, so this can't happen
                 raise RuntimeError("fresh epochs must cut into the same number of windows")
-            return fresh
+            return cut
 
+        stream = fresh
         windows = stream(0)
         train = []
     return Prepared(windows, val_ids, train, val, alpha_train, alpha_val, stream)

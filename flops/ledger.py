@@ -156,7 +156,7 @@ class Ledger:
     # --- reporting ---------------------------------------------------------------------------------
     def table(self) -> str:
         """The experiment table (the report's Table 5): FLOPs per experiment, totals, budget used."""
-        rows = [f"| experiment | kind | steps | tokens | FLOPs | share of budget |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        rows = ["| experiment | kind | steps | tokens | FLOPs | share of budget |", "| --- | --- | ---: | ---: | ---: | ---: |"]
         for name, e in self.experiments.items():
             rows.append(f"| {name} | {e['kind']} | {e['steps']:,} | {e['tokens']:,} | {e['flops']:.3e} | "
                         f"{e['flops'] / self.budget:.2%} |")

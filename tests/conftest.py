@@ -41,6 +41,17 @@ def model_dir(tmp_path):
     return model, tmp_path / "tiny"
 
 
+@pytest.fixture(scope="module")
+def series_file(request, tmp_path_factory):
+    """A small simulated series file; a test module sets SERIES = (systems, seed) to choose it."""
+    from data import write_series
+    from data.simulate import simulate
+
+    systems, seed = getattr(request.module, "SERIES", (60, 5))
+    trajectories, time_, _ = simulate(systems=systems, seed=seed)
+    return write_series(tmp_path_factory.mktemp("data") / "lv.h5", trajectories, time_)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -12,16 +12,12 @@ import torch
 import eval as evaluation
 from data import step_pattern, write_series
 from data.baselines import ode_fit, persistence
-from data.simulate import integrate, simulate
+from data.simulate import integrate
 from qwen_min import generate, tiny_random_model
 from qwen_min.tokenizer import tiny_tokenizer
 
 
-@pytest.fixture(scope="module")
-def series_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "lv.h5"
-    trajectories, time_, _ = simulate(systems=60, seed=7)
-    return write_series(path, trajectories, time_)
+SERIES = (60, 7)  # systems, seed of the simulated file (conftest.series_file)
 
 
 def test_tiny_preset_writes_every_output(series_file, tmp_path):

@@ -14,7 +14,6 @@ from flops import COURSEWORK, EXACT, BudgetExceeded, Cost, Ledger
 from flops.__main__ import main as flops_main
 from flops.ledger import LedgerError
 from flops.report import REPORT_TABLE3, as_json, component_table, meta_model
-from qwen_min import QwenConfig
 
 from .conftest import tiny_config, tiny_model
 

@@ -11,8 +11,6 @@ import time
 
 import pytest
 
-from data import write_series
-from data.simulate import simulate
 from flops import Ledger
 
 from .conftest import ROOT
@@ -20,11 +18,7 @@ from .conftest import ROOT
 BUDGET = "4e11"
 
 
-@pytest.fixture(scope="module")
-def series_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "lv.h5"
-    trajectories, time_, _ = simulate(systems=40, seed=11)
-    return write_series(path, trajectories, time_)
+SERIES = (40, 11)  # systems, seed of the simulated file (conftest.series_file)
 
 
 def plan_args(series_file, out, budget=BUDGET):

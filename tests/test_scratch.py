@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 import eval as evaluation
 import train
-from data import write_series
-from data.simulate import simulate
 from flops import EXACT, Ledger
 from qwen_min import load_pretrained, load_tokenizer
 
@@ -33,11 +30,7 @@ def test_preset_sizes(name, low, high):
     assert model.config.vocab_size == 16
 
 
-@pytest.fixture(scope="module")
-def series_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "lv.h5"
-    trajectories, time_, _ = simulate(systems=40, seed=3)
-    return write_series(path, trajectories, time_)
+SERIES = (40, 3)  # systems, seed of the simulated file (conftest.series_file)
 
 
 def test_full_training_on_fresh_systems_then_eval(series_file, tmp_path):

@@ -14,18 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from data.simulate import simulate
-from data import write_series
 from flops import EXACT, Ledger
 
 from .conftest import ROOT
 
 
-@pytest.fixture(scope="module")
-def series_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "lv.h5"
-    trajectories, time_, _ = simulate(systems=60, seed=5)
-    return write_series(path, trajectories, time_)
+SERIES = (60, 5)  # systems, seed of the simulated file (conftest.series_file)
 
 
 def base_args(series_file, tmp_path, *extra):
