@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import lora
-from data import DataError, ensure_data, make_splits, make_windows, scale_for
+from data import DataError, ensure_data, load_series, make_splits, make_windows, scale_for
 from data.windows import IGNORE, tokenize_series
 from flops import BudgetExceeded, Ledger, get_convention
 from flops.ledger import DEFAULT_BUDGET, LedgerError
@@ -170,7 +170,7 @@ class Prepared:
 
 
 def prepare_data(a, tok) -> Prepared:
-    series = ensure_data(a.data) if a.data == DEFAULT_DATA else _load(a.data)
+    series = ensure_data(a.data) if a.data == DEFAULT_DATA else load_series(a.data)
     splits = make_splits(series.systems, seed=a.split_seed)
     train = splits["train"]
     rng = np.random.default_rng(a.split_seed)
@@ -207,12 +207,6 @@ def prepare_data(a, tok) -> Prepared:
         windows = stream(0)
         train = []
     return Prepared(windows, val_ids, train, val, alpha_train, alpha_val, stream)
-
-
-def _load(path):
-    from data import load_series
-
-    return load_series(path)
 
 
 def batch_positions(step: int, batch: int, n: int, seed: int) -> list[tuple[int, int]]:
@@ -398,6 +392,21 @@ def resolve(a) -> dict:
     return {k: getattr(a, k) for k in keys}
 
 
+DEFINING = ("model", "data", "split_seed", "chunk", "stride", "batch_size", "alpha", "dropout", "targets", "seed",
+            "rank", "lr", "train_fraction", "full", "fresh_systems", "decimals", "schedule", "warmup", "weight_decay")
+
+
+def same_run(a, out: Path) -> None:
+    """A checkpoint is only continued by the run that wrote it: refuse other settings in the same folder."""
+    path = out / "config.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    differ = [k for k in DEFINING if k in saved and saved[k] != getattr(a, k)]
+    if differ:
+        k = differ[0]
+        raise UsageError(f"{out} holds a run with other settings ({k}: {saved[k]!r} there, {getattr(a, k)!r} now); "
+                         f"choose another --out, or --resume {out} to continue it")
+
+
 def train(a) -> dict:
     """Run (or continue) one training run; returns its summary. Raises UsageError/LoadError/DataError
     for a user's mistake, before any work."""
@@ -429,6 +438,7 @@ def train(a) -> dict:
     # state: fresh or from the checkpoint
     step, best_val, tokens_seen, elapsed, flops_used = 0, float("inf"), 0, 0.0, 0.0
     if ckpt_path.exists():
+        same_run(a, out)
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         with torch.no_grad():
             named = dict(model.named_parameters())

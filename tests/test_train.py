@@ -160,3 +160,10 @@ def test_torchrun_two_processes_share_one_ledger(series_file, tmp_path):
     assert len(names) == 2 and names[0].endswith("/rank0") and names[1].endswith("/rank1")
     assert all(e["steps"] == 6 for e in ledger.experiments.values())
     assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+
+
+def test_other_settings_in_a_run_folder_are_refused(series_file, tmp_path, capsys):
+    argv = base_args(series_file, tmp_path, "--max-steps", "2", "--out", str(tmp_path / "run"))
+    assert train.main(argv) == 0
+    assert train.main([*argv, "--lr", "0.5"]) == 2
+    assert "holds a run with other settings (lr: 0.0001 there, 0.5 now)" in capsys.readouterr().err
