@@ -30,13 +30,9 @@ from flops import BudgetExceeded, Ledger, get_convention
 from flops.ledger import DEFAULT_BUDGET, LedgerError
 from qwen_min import LoadError, generate, load_pretrained, load_tokenizer, parse_dtype
 
-DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-DEFAULT_DATA = "data/lotka_volterra_data.h5"
+from train import DEFAULT_DATA, DEFAULT_MODEL, UsageError  # the flags mean the same in both scripts
+
 SPECIES = ("prey", "predator")
-
-
-class UsageError(Exception):
-    """A bad argument: one line, exit status 2, before any work."""
 
 
 def parser() -> argparse.ArgumentParser:

@@ -351,7 +351,7 @@ def make_figures(plan: Plan, evals: dict, folders: dict) -> list[tuple[str, str]
 def main(argv=None) -> int:
     try:
         path = reproduce(parser().parse_args(argv))
-    except (train.UsageError, evaluation.UsageError, LoadError, DataError, LedgerError, BudgetExceeded) as e:
+    except (train.UsageError, LoadError, DataError, LedgerError, BudgetExceeded) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(path.read_text())
