@@ -29,13 +29,13 @@ def base_args(series_file, tmp_path, *extra):
 
 def test_training_lowers_validation_loss_and_charges_exact_flops(series_file, tmp_path):
     out = tmp_path / "run"
-    argv = base_args(series_file, tmp_path, "--max-steps", "150", "--eval-every", "50", "--lr", "1e-2",
+    argv = base_args(series_file, tmp_path, "--max-steps", "200", "--eval-every", "50", "--lr", "1e-2",
                      "--out", str(out))
     assert train.main(argv) == 0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == list(range(1, 151))
+    assert [m["step"] for m in metrics] == list(range(1, 201))
     vals = [m["val_loss"] for m in metrics if m["val_loss"] is not None]
-    assert len(vals) == 3 and vals[-1] < vals[0] - 0.05
+    assert len(vals) == 4 and vals[-1] < vals[0] - 0.05
     for name in ("config.json", "metrics.jsonl", "loss.png", "checkpoint.pt", "summary.json",
                  "adapter_best/adapter_config.json", "adapter_last/adapter_model.safetensors"):
         assert (out / name).is_file(), name
@@ -49,15 +49,15 @@ def test_training_lowers_validation_loss_and_charges_exact_flops(series_file, tm
     model = train.build_model(a, torch.device("cpu"), torch.float32, a.seed)
     n = len(prep.windows["labels"])
     expected = 0.0
-    for step in range(1, 151):
+    for step in range(1, 201):
         labels = prep.windows["labels"][train.batch_indices(step, 4, n, a.seed)]
         for k in (labels[:, 1:] != -100).sum(1).tolist():
             expected += model.flops(128, EXACT, head_positions=k).training
-    expected += 3 * sum(model.flops(len(ids), EXACT, head_positions=len(ids) - 1).forward for ids in prep.val_ids)
+    expected += 4 * sum(model.flops(len(ids), EXACT, head_positions=len(ids) - 1).forward for ids in prep.val_ids)
     ledger = Ledger.open(tmp_path / "ledger.json")
     assert ledger.total == pytest.approx(expected, rel=1e-12)
     assert metrics[-1]["flops"] == pytest.approx(expected, rel=1e-12)
-    assert ledger.experiments[a.name]["steps"] == 150
+    assert ledger.experiments[a.name]["steps"] == 200
 
 
 def run_cli(args, **kw):
