@@ -279,8 +279,7 @@ def evaluate(a) -> dict:
     dtype = parse_dtype(a.dtype or ("bf16" if device.type == "cuda" else "fp32"))
     tok = load_tokenizer(a.model)
     name = a.name or f"eval-{Path(a.out).name}"
-    exists = Path(a.ledger).exists()
-    ledger = Ledger.open(a.ledger, budget=None if exists else a.budget, convention=None if exists else a.convention)
+    ledger = Ledger.use(a.ledger, a.budget, a.convention)
     convention = get_convention(ledger.convention)
 
     forecasts, flops, failed = {}, {}, {}

@@ -112,11 +112,7 @@ class Plan:
 
     def affordable(self, budget: float, rank: int, chunk: int) -> int:
         """Most steps a run can take (validation passes included) within `budget` FLOPs."""
-        step, val = self.run_costs(rank, chunk)
-        k = max(0, int((budget - val) // (step + val / self.a.eval_every)))
-        while k > 0 and k * step + train.evaluations(k, self.a.eval_every) * val > budget:
-            k -= 1
-        return k
+        return train.affordable_steps(budget, *self.run_costs(rank, chunk), self.a.eval_every)
 
     def eval_cost(self, rank: int = 0) -> float:
         return evaluation.planned_cost(self.eval_argv("probe"), rank=rank)

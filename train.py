@@ -35,6 +35,7 @@ from flops import BudgetExceeded, Ledger, get_convention
 from flops.ledger import DEFAULT_BUDGET, LedgerError
 from qwen_min import LoadError, load_pretrained, load_tokenizer, parse_dtype, save_pretrained
 from qwen_min.loss import lm_loss
+from qwen_min.weights import atomic_write
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_DATA = "data/lotka_volterra_data.h5"
@@ -272,9 +273,7 @@ def learning_rate(a, step: int) -> float:
 # --- checkpoints and outputs -----------------------------------------------------------------------
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def rng_state() -> dict:
@@ -319,10 +318,8 @@ def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # --- distributed -----------------------------------------------------------------------------------
@@ -418,11 +415,10 @@ def train(a) -> dict:
     out = Path(a.out)
     ckpt_path = out / "checkpoint.pt"
     convention = get_convention(a.convention)
-    ledger = Ledger.open(a.ledger, budget=a.budget if not Path(a.ledger).exists() else None,
-                         convention=a.convention if not Path(a.ledger).exists() else None)
     tok = load_tokenizer(a.model)
     prep = prepare_data(a, tok)
     model = build_model(a, device, dtype, a.seed)
+    ledger = Ledger.use(a.ledger, a.budget, a.convention)  # after every check, so a mistake writes nothing
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=a.weight_decay)
     n_windows = len(prep.windows["input_ids"])
@@ -615,6 +611,14 @@ def evaluations(max_steps: int, eval_every: int) -> int:
     return max_steps // eval_every + (max_steps % eval_every != 0)
 
 
+def affordable_steps(budget: float, step: float, val: float, eval_every: int) -> int:
+    """Most steps a run can take within `budget` FLOPs, its validation passes included."""
+    k = max(0, int((budget - val) // (step + val / eval_every)))
+    while k > 0 and k * step + evaluations(k, eval_every) * val > budget:
+        k -= 1
+    return k
+
+
 def planned_cost(a, config, val_ids) -> tuple[float, float]:
     """(FLOPs of one full step, FLOPs of one validation pass) for a run of these settings, from `flops`."""
     from flops.report import meta_model
@@ -641,15 +645,14 @@ def sweep(a) -> dict:
     runs = grid_runs(a)
     for r in runs:
         check_args(r)
-    ledger = Ledger.open(a.ledger, budget=None if Path(a.ledger).exists() else a.budget,
-                         convention=None if Path(a.ledger).exists() else a.convention)
+    ledger = Ledger.use(a.ledger, a.budget, a.convention)
     if ledger.convention != a.convention:
         a.convention = ledger.convention
         runs = grid_runs(a)
     config = load_config(a.model)
     val_ids = prepare_data(runs[0], load_tokenizer(a.model)).val_ids
     n_eval = evaluations(a.max_steps, a.eval_every)
-    todo, need, per_step = [], 0.0, 0.0
+    todo, need, dearest = [], 0.0, (0.0, 0.0)
     for r in runs:
         done = Path(r.out) / "summary.json"
         if done.exists() and json.loads(done.read_text()).get("complete"):
@@ -657,11 +660,10 @@ def sweep(a) -> dict:
         step, val = planned_cost(r, config, val_ids)
         spent = (ledger.entry(r.name) or {}).get("flops", 0.0)
         need += max(0.0, a.max_steps * step + n_eval * val - spent)
-        per_step = max(per_step, step + val / a.eval_every)
+        dearest = max(dearest, (step, val))
         todo.append(r)
     if need > ledger.remaining:
-        share = ledger.remaining / max(1, len(todo))
-        afford = max(0, int(share // per_step)) if per_step else 0
+        afford = affordable_steps(ledger.remaining / max(1, len(todo)), *dearest, a.eval_every)
         raise UsageError(f"{a.ledger}: the grid's {len(todo)} remaining runs need {need:.3e} FLOPs but "
                          f"{ledger.remaining:.3e} remain; it could afford about {afford} steps per run "
                          f"(--max-steps {afford})")

@@ -60,6 +60,14 @@ class Ledger:
                 cls._write(path, data)
         return cls.open(path, budget, convention)
 
+    @classmethod
+    def use(cls, path: str | Path, budget: float | None = None, convention: str | None = None) -> "Ledger":
+        """Open `path` as it is, or create it with this budget and convention (what a run's flags give
+        for a new ledger; an existing ledger keeps its own)."""
+        if Path(path).exists():
+            return cls.open(path)
+        return cls.open(path, budget, convention)
+
     @staticmethod
     def _read(path: Path) -> dict:
         try:

@@ -147,6 +147,7 @@ def test_bad_arguments_are_one_line(series_file, tmp_path, extra, message, monke
     assert proc.returncode == 2
     assert err.strip().splitlines() == [f"error: {err.strip().removeprefix('error: ')}"] and message in err
     assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "ledger.json").exists()  # nothing written for a mistake
 
 
 def test_torchrun_two_processes_share_one_ledger(series_file, tmp_path):
