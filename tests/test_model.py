@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qwen_min import LoadError, QwenConfig, QwenForCausalLM
-from qwen_min.model import RMSNorm, apply_rotary
+from qwen_min.model import MLP, RMSNorm, apply_rotary, silu_mul
 
 from .conftest import QWEN_CONFIGS, needs_qwen_configs, tiny_model
 
@@ -112,3 +112,29 @@ def test_causality_future_tokens_do_not_change_the_past():
     changed[0, 8:] = (changed[0, 8:] + 1) % 97
     with torch.no_grad():
         torch.testing.assert_close(model(ids)[:, :8], model(changed)[:, :8])
+
+
+def test_silu_mul_matches_autograd_bit_for_bit():
+    gen = torch.Generator().manual_seed(0)
+    g, u, grad = (torch.randn(3, 5, 40, generator=gen) for _ in range(3))
+    ours = [t.clone().requires_grad_() for t in (g, u)]
+    ref = [t.clone().requires_grad_() for t in (g, u)]
+    out = silu_mul(*ours)
+    expected = torch.nn.functional.silu(ref[0]) * ref[1]
+    out.backward(grad)
+    expected.backward(grad)
+    assert torch.equal(out, expected)
+    assert torch.equal(ours[0].grad, ref[0].grad) and torch.equal(ours[1].grad, ref[1].grad)
+
+
+def test_frozen_mlp_keeps_two_activations_for_backward():
+    """With frozen weights (LoRA), the MLP keeps gate(x) and up(x) for its backward, not silu(gate(x))."""
+    config = QwenConfig(hidden_size=16, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                        num_key_value_heads=1, vocab_size=32)
+    mlp = MLP(config).requires_grad_(False)
+    x = torch.randn(2, 7, 16, requires_grad=True)
+    kept = set()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.add((t.data_ptr(), tuple(t.shape))) or t, lambda t: t):
+        mlp(x).sum().backward()
+    wide = [shape for _, shape in kept if shape == (2, 7, 48)]
+    assert len(wide) == 2
