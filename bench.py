@@ -10,10 +10,11 @@ Workloads (ours, theirs; alternating A/B, median of --runs):
   train    one LoRA training step (rank 8 on q and v, AdamW): our model with our LoRA and loss
            against transformers + peft with `labels=`; batch 4 x 512 on CUDA, 1 x 512 on the CPU
            (--train-batch); peak memory of the step measured in a separate process per side;
-  eval     the evaluation workload: prompts of 40 and 80 time steps of simulated series, 20 steps
-           (200 tokens) generated greedily with the output limited to the 13 number tokens: ours with
-           the number grammar, forced-token skipping and the restricted LM head, theirs `generate()`
-           with a logits processor applying the same 13-token mask.
+  eval     the evaluation workload as eval.py runs it: simulated systems, each with 40 and 80 time
+           steps of context, 20 steps (200 tokens) generated greedily with the output limited to the 13
+           number tokens: ours with the number grammar, forced-token skipping, the restricted LM head
+           and each system's prefill shared by its two contexts, theirs `generate()` with a logits
+           processor applying the same 13-token mask.
 Prints one row per workload and `ratios forward=X train=Y eval=Z memory=W` (ours / theirs; below 1
 is better for us), and the achieved FLOP/s (exact convention) against a measured matmul peak.
 """
@@ -176,10 +177,12 @@ def measure_memory(side: str, directory: str, a) -> dict:
 # --- evaluation workload ---------------------------------------------------------------------------
 
 def eval_prompts(tok, n: int, ctxs=(40, 80)) -> list[list[int]]:
-    """Half the prompts with 40 time steps of context, half with 80, from simulated series."""
-    trajectories, _, _ = simulate(systems=n, seed=1)
+    """n prompts laid out as eval.py batches them: n / 2 simulated systems, each with 40 and then 80 time
+    steps of context."""
+    trajectories, _, _ = simulate(systems=-(-n // len(ctxs)), seed=1)
     alpha = scale_for(trajectories)
-    return [tok.encode(encode(v[:ctxs[i % len(ctxs)]], alpha) + ";") for i, v in enumerate(trajectories)]
+    prompts = [tok.encode(encode(v[:ctx], alpha) + ";") for v in trajectories for ctx in ctxs]
+    return prompts[:n]
 
 
 def qwen_number_ids(tok) -> dict[str, int]:

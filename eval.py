@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, nargs="+", default=[40, 80], help="context lengths in time steps")
     p.add_argument("--horizon", type=int, default=20, help="steps to forecast")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N systems of the split")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
+    p.add_argument("--batch-size", type=int, default=8, help="systems per generation batch, each with every context and sample")
     p.add_argument("--samples", type=int, default=1, help="samples per prompt (median); 1 with temperature 0 is greedy")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--decimals", type=int, default=2)
@@ -106,33 +106,40 @@ def resolve_adapter(path: str) -> Path:
     raise UsageError(f"--adapter {path}: no adapter_config.json there (nor in {p / 'adapter_best'})")
 
 
-def forecast_model(model, tok, values: np.ndarray, a, alpha: float, ctx: int, stats: dict, bar=None):
-    """Forecasts (systems, horizon, 2) in original units, and the count of steps that failed to parse."""
+def forecast_model(model, tok, values: np.ndarray, a, alpha: float, stats: dict, bar=None):
+    """Forecasts {ctx: (systems, horizon, 2)} in original units, and {ctx: steps that failed to parse}.
+
+    Each generation batch holds `--batch-size` systems with every context and every sample, so a
+    system's shorter contexts and repeated samples share the prefill of its longest prompt.
+    """
     pattern_chars = step_pattern(a.decimals)
     pattern = [[tok.token_id(ch) for ch in chars] for chars in pattern_chars]
     tokens_needed = a.horizon * len(pattern)
     gen = torch.Generator().manual_seed(a.seed)
-    preds, failed = [], 0
+    preds = {ctx: [] for ctx in a.ctx}
+    failed = {ctx: 0 for ctx in a.ctx}
     for start in range(0, len(values), a.batch_size):
         batch = values[start:start + a.batch_size]
-        prompts = [tok.encode(encode(v[:ctx], alpha, a.decimals) + ";") for v in batch]
+        jobs = [(v, ctx) for v in batch for ctx in a.ctx]
+        prompts = [tok.encode(encode(v[:ctx], alpha, a.decimals) + ";") for v, ctx in jobs]
         prompts = [p for p in prompts for _ in range(a.samples)]
         out = generate(model, prompts, tokens_needed, pad_id=tok.pad_id or 0, pattern=pattern,
                        temperature=a.temperature, generator=gen, stats=stats)
-        for j, v in enumerate(batch):
+        for j, (v, ctx) in enumerate(jobs):
             samples = []
             for ids in out[j * a.samples:(j + 1) * a.samples]:
                 steps, report = decode(tok.decode(ids), alpha, a.decimals)
-                failed += a.horizon - min(report.recovered, a.horizon)
+                failed[ctx] += a.horizon - min(report.recovered, a.horizon)
                 steps = steps[:a.horizon]
                 if len(steps) < a.horizon:  # can't happen under the grammar; kept for safety
                     fill = steps[-1:] if len(steps) else v[ctx - 1:ctx]
                     steps = np.concatenate([steps, np.repeat(fill, a.horizon - len(steps), 0)])
                 samples.append(steps)
-            preds.append(np.median(np.stack(samples), axis=0))
+            preds[ctx].append(np.median(np.stack(samples), axis=0))
         if bar is not None:
-            bar.update(len(batch))
-    return np.stack(preds), failed // max(1, a.samples)
+            bar.update(len(jobs))
+    return ({ctx: np.stack(p) for ctx, p in preds.items()},
+            {ctx: f // max(1, a.samples) for ctx, f in failed.items()})
 
 
 def planned_flops(model, tok, values, a, alpha, convention) -> float:
@@ -179,15 +186,15 @@ def forecast_ode(time, values, a, bar=None) -> dict[int, np.ndarray]:
 
 def markdown(results: dict) -> str:
     ctxs = results["contexts"]
-    lines = ["| method | " + " | ".join(f"MAE ctx {c}" for c in ctxs) + " | combined MAE | prey | predator | failed steps |",
-             "| --- |" + " ---: |" * (len(ctxs) + 4)]
+    lines = ["| method | " + " | ".join(f"MAE ctx {c}" for c in ctxs) + " | combined MAE | prey | predator | failed steps | FLOPs |",
+             "| --- |" + " ---: |" * (len(ctxs) + 5)]
     for method, r in results["methods"].items():
         per = r["contexts"]
         prey = np.mean([per[str(c)]["mae_by_species"]["prey"] for c in ctxs])
         pred = np.mean([per[str(c)]["mae_by_species"]["predator"] for c in ctxs])
         failed = sum(per[str(c)]["failed_steps"] for c in ctxs)
         lines.append(f"| {method} | " + " | ".join(f"{per[str(c)]['mae']:.4f}" for c in ctxs)
-                     + f" | **{r['combined_mae']:.4f}** | {prey:.4f} | {pred:.4f} | {failed} |")
+                     + f" | **{r['combined_mae']:.4f}** | {prey:.4f} | {pred:.4f} | {failed} | {r.get('flops', 0.0):.3g} |")
     return ("MAE in scaled units (values / alpha, alpha = " + f"{results['alpha']:.4f}), "
             f"{results['horizon']} steps, {len(results['systems'])} {results['split']} systems of {results['data']}.\n\n"
             + "\n".join(lines) + "\n")
@@ -298,13 +305,11 @@ def evaluate(a) -> dict:
             if not ledger.can_afford(need):
                 raise UsageError(f"{a.ledger}: evaluating {label} needs up to {need:.3e} FLOPs, "
                                  f"{ledger.refresh().remaining:.3e} remain")
-            forecasts[label], flops[label], failed[label] = {}, {}, {}
-            for ctx in a.ctx:
-                stats = {"convention": convention.name}
-                forecasts[label][ctx], failed[label][ctx] = forecast_model(model, tok, values, a, alpha, ctx, stats, bar)
-                flops[label][ctx] = stats["flops"]
-                ledger.charge(name, "eval", stats["flops"], tokens=0, steps=0,
-                              key=f"{label}|{adapter}|ctx{ctx}|{a.split}|{len(values)}|s{a.samples}")
+            stats = {"convention": convention.name}
+            forecasts[label], failed[label] = forecast_model(model, tok, values, a, alpha, stats, bar)
+            flops[label] = stats["flops"]
+            ledger.charge(name, "eval", stats["flops"], tokens=0, steps=0,
+                          key=f"{label}|{adapter}|ctx{'+'.join(map(str, a.ctx))}|{a.split}|{len(values)}|s{a.samples}")
             del model
         forecasts["persistence"] = {ctx: np.stack([persistence(v[:ctx], a.horizon) for v in values]) for ctx in a.ctx}
         if not a.no_ode_fit:
@@ -317,11 +322,11 @@ def evaluate(a) -> dict:
                "alpha": alpha, "contexts": a.ctx, "horizon": a.horizon, "model": a.model,
                "adapters": [str(p) for p in adapters], "decoding": {"samples": a.samples, "temperature": a.temperature,
                                                                     "grammar": "".join(c if len(c) == 1 else "D" for c in step_pattern(a.decimals))},
-               "convention": convention.name, "flops": sum(sum(f.values()) for f in flops.values()), "methods": {}}
+               "convention": convention.name, "flops": sum(flops.values()), "methods": {}}
     for method, fc in forecasts.items():
-        per = {str(ctx): {**score(fc[ctx], truth[ctx], alpha, failed.get(method, {}).get(ctx, 0)),
-                          "flops": flops.get(method, {}).get(ctx, 0.0)} for ctx in a.ctx}
-        results["methods"][method] = {"contexts": per, "combined_mae": float(np.mean([per[str(c)]["mae"] for c in a.ctx]))}
+        per = {str(ctx): score(fc[ctx], truth[ctx], alpha, failed.get(method, {}).get(ctx, 0)) for ctx in a.ctx}
+        results["methods"][method] = {"contexts": per, "combined_mae": float(np.mean([per[str(c)]["mae"] for c in a.ctx])),
+                                      "flops": flops.get(method, 0.0)}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -104,20 +104,54 @@ def generate(model: QwenForCausalLM, prompts: Sequence[Sequence[int]], max_new_t
 def prefill_by_length(model, cache: KVCache, ids: torch.Tensor, mask: torch.Tensor, counter) -> torch.Tensor:
     """Prefill a left-padded batch one group of equal prompt length at a time, with no padding and the
     plain causal kernel, writing each group's keys and values where the padded batch would have them.
-    Returns the last position's hidden state (B, D)."""
+
+    A prompt that is a prefix of another in the batch (or equal to it: several samples of one prompt,
+    or the 40-step context of a series whose 80 steps are also asked for) is not computed again: its
+    keys, values and last hidden state are the first positions of the longer prompt's, which causal
+    attention makes the same. Returns the last position's hidden state (B, D).
+    """
     B, W = ids.shape
-    lengths = mask.sum(1)
+    lengths = mask.sum(1).tolist()
+    rows = [ids[b, W - n:].tolist() for b, n in enumerate(lengths)]
+    donors = share_prefixes(rows)
     hidden = torch.empty((B, model.config.hidden_size), dtype=model.dtype, device=ids.device)
-    for n in sorted(set(lengths.tolist())):
-        rows = (lengths == n).nonzero().flatten()
-        part = KVCache(model.config, len(rows), n, model.dtype, ids.device)
-        hidden[rows] = model.model(ids[rows, W - n:], cache=part)[:, -1]
-        cache.k[:, rows, :, W - n:W] = part.k
-        cache.v[:, rows, :, W - n:W] = part.v
-        counter.add(n, 0, len(rows))
+    computed = [b for b in range(B) if b not in donors]
+    takers = {b: [b] for b in computed}
+    for r, d in donors.items():
+        takers[d].append(r)
+    for n in sorted({lengths[b] for b in computed}):
+        group = [b for b in computed if lengths[b] == n]
+        part = KVCache(model.config, len(group), n, model.dtype, ids.device)
+        states = model.model(ids[group, W - n:], cache=part)  # (G, n, D)
+        counter.add(n, 0, len(group))
+        for j, b in enumerate(group):
+            for r in takers[b]:
+                m = lengths[r]
+                hidden[r] = states[j, m - 1]
+                cache.k[:, r, :, W - m:W] = part.k[:, j, :, :m]
+                cache.v[:, r, :, W - m:W] = part.v[:, j, :, :m]
     cache.valid[:, :W] = mask.bool()
     cache.length = W
     return hidden
+
+
+def share_prefixes(prompts: Sequence[Sequence[int]]) -> dict[int, int]:
+    """{row: donor row} for every prompt that equals the start of a longer (or equal, earlier) prompt
+    that is itself computed. Longest prompts are computed first; each is looked up only at the
+    lengths that occur, so the cost is rows x distinct lengths."""
+    order = sorted(range(len(prompts)), key=lambda b: (-len(prompts[b]), b))
+    sizes = sorted({len(p) for p in prompts})
+    starts: dict[tuple, int] = {}
+    donors: dict[int, int] = {}
+    for b in order:
+        key = tuple(prompts[b])
+        if key in starts:
+            donors[b] = starts[key]
+            continue
+        for n in sizes:
+            if n <= len(key):
+                starts.setdefault(key[:n], b)
+    return donors
 
 
 class _FlopCounter:

@@ -42,6 +42,21 @@ def test_tiny_preset_writes_every_output(series_file, tmp_path):
     assert "| persistence |" in (out / "results.md").read_text()
 
 
+def test_contexts_batched_together_equal_each_alone_and_share_the_prefill(series_file, tmp_path):
+    def run(ctxs, out):
+        argv = ["--model", "tiny-random", "--data", str(series_file), "--ctx", *ctxs, "--limit", "4", "--out",
+                str(tmp_path / out), "--ledger", str(tmp_path / f"{out}.json"), "--quiet", "--no-ode-fit"]
+        assert evaluation.main(argv) == 0
+        return json.loads((tmp_path / out / "results.json").read_text()), np.load(tmp_path / out / "forecasts.npz")
+    both, f_both = run(["40", "80"], "both")
+    alone = {c: run([c], f"ctx{c}") for c in ("40", "80")}
+    for c, (r, f) in alone.items():
+        assert np.array_equal(f_both[f"model|{c}"], f[f"model|{c}"])
+        assert r["methods"]["model"]["contexts"][c]["mae"] == both["methods"]["model"]["contexts"][c]["mae"]
+    # the 40-step prompts are the start of the 80-step ones: their prefill is not computed again
+    assert both["flops"] < sum(r["flops"] for r, _ in alone.values())
+
+
 def test_any_file_of_the_format(tmp_path):
     traj = np.random.default_rng(0).uniform(0.1, 3, (12, 70, 2)).astype(np.float32)
     path = write_series(tmp_path / "other.h5", traj, np.linspace(0, 50, 70))

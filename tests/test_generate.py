@@ -107,3 +107,20 @@ def test_masked_greedy_equals_transformers_generate(tmp_path):
                          eos_token_id=None)[:, 7:].tolist()
     ours = generate(model, [PROMPTS[0], PROMPTS[2]], 15, pad_id=0, allowed_token_ids=allowed)
     assert ours == theirs
+
+
+def test_prefixes_and_repeats_are_prefilled_once():
+    from qwen_min.generate import share_prefixes
+
+    long = [5, 17, 33, 2, 8, 91, 40, 7, 7]
+    prompts = [long[:4], long, [12, 3], long, long[:7], [12, 3, 4]]
+    # long (row 1) is computed; its start serves rows 0 and 4, its copy row 3; [12, 3] is [12, 3, 4]'s start
+    assert share_prefixes(prompts) == {0: 1, 3: 1, 4: 1, 2: 5}
+    model = tiny_model(std=0.5)
+    shared, plain = {}, {}
+    together = generate(model, prompts, 10, pad_id=0, stats=shared)
+    alone = [generate(model, [p], 10, pad_id=0, ragged_prefill=False) for p in prompts]
+    assert together == [a[0] for a in alone]
+    generate(model, [long, [12, 3, 4]], 10, pad_id=0, stats=plain)
+    # the prefill costs what the two computed prompts cost; the six rows decode together afterwards
+    assert shared["forward_calls"] == plain["forward_calls"]
