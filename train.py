@@ -16,6 +16,7 @@ FLOPs that `flops` computes for it; a run stops cleanly before a step the budget
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -217,9 +218,14 @@ def batch_positions(step: int, batch: int, n: int, seed: int) -> list[tuple[int,
     out = []
     for pos in range((step - 1) * batch, step * batch):
         epoch, i = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        out.append((epoch, int(perm[i])))
+        out.append((epoch, epoch_order(n, seed, epoch)[i]))
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The seeded permutation of an epoch's n windows (a step's rows come from one or two epochs)."""
+    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist())
 
 
 def batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
