@@ -13,8 +13,10 @@ caller can spread systems over processes.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from scipy.integrate import solve_ivp
+from scipy.integrate import solve_ivp as _solve_ivp
 from scipy.optimize import least_squares
 
 from .simulate import CLASSICAL_RANGES, RM_RANGES
@@ -42,6 +44,14 @@ def _rm_with_sensitivities(t, z, a, b, g, K, c, h):
     Jp = np.array([[x * (1 - x / K), -dP_db, 0.0, a * x * x / K**2, 0.0, -dP_dh, 0.0, 0.0],
                    [0.0, c * dP_db, -y, 0.0, P, c * dP_dh, 0.0, 0.0]])
     return np.concatenate([f, (Jz @ S + Jp).ravel()])
+
+
+def solve_ivp(*args, **kwargs):
+    """scipy's solve_ivp without its warnings: a trial parameter set the integrator can't follow is
+    an unsuccessful solution, which the fit scores as a bad start, not a message for the user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _solve_ivp(*args, **kwargs)
 
 
 def _rm_solve(p: np.ndarray, t: np.ndarray, sensitivities: bool):
