@@ -2,7 +2,7 @@
 
     python bench.py                          # all workloads, fp32 on the CPU (takes a while)
     python bench.py --quick                  # smaller batches and fewer runs: a few minutes on the CPU
-    python bench.py --device cuda --dtype bf16
+    python bench.py --device cuda --dtype bf16 [--compile]
     python bench.py --only forward --runs 5
 
 Workloads (ours, theirs; alternating A/B, median of --runs):
@@ -83,8 +83,13 @@ def save_random(layers: int, directory: str) -> None:
     save_pretrained(init_weights(QwenForCausalLM(QwenConfig(num_hidden_layers=layers)), seed=0), directory)
 
 
-def load_ours(directory, dtype, device):
-    return load_pretrained(directory, dtype=dtype, device=device)
+def load_ours(directory, dtype, device, compile_blocks: bool = False):
+    """Our model; with `compile_blocks` each decoder block is compiled with torch.compile (in place)."""
+    model = load_pretrained(directory, dtype=dtype, device=device)
+    if compile_blocks:
+        for layer in model.model.layers:
+            layer.compile()
+    return model
 
 
 def load_theirs(directory, dtype, device):
@@ -137,11 +142,12 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def memory_child(side: str, directory: str, batch: int, seq_len: int, dtype: str, device: str) -> dict:
+def memory_child(side: str, directory: str, batch: int, seq_len: int, dtype: str, device: str,
+                 compile_blocks: bool = False) -> dict:
     """Run in its own process: load one side, take two training steps, report the peak memory of the
     second (RSS sampled every millisecond on the CPU, max allocated on CUDA) and the memory before it."""
     dt = parse_dtype(dtype)
-    model = (load_ours if side == "ours" else load_theirs)(directory, dt, device)
+    model = load_ours(directory, dt, device, compile_blocks) if side == "ours" else load_theirs(directory, dt, device)
     step = (ours_train_step if side == "ours" else theirs_train_step)(model, device)
     ids = torch.randint(0, 151_000, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     step(ids)  # optimizer state exists from here on
@@ -169,7 +175,7 @@ def memory_child(side: str, directory: str, batch: int, seq_len: int, dtype: str
 
 def measure_memory(side: str, directory: str, a) -> dict:
     cmd = [sys.executable, __file__, "--memory-child", side, "--weights", directory, "--train-batch", str(a.train_batch),
-           "--seq-len", str(a.seq_len), "--dtype", a.dtype, "--device", a.device]
+           "--seq-len", str(a.seq_len), "--dtype", a.dtype, "--device", a.device] + (["--compile"] if a.compile else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -203,6 +209,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=24, help="decoder blocks (24 is Qwen2.5-0.5B)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", help="fp32 or bf16")
+    p.add_argument("--compile", action="store_true", help="torch.compile each of our decoder blocks (meant for CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--memory-child", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
@@ -210,7 +217,7 @@ def main(argv=None) -> int:
     cuda = a.device.startswith("cuda")
     a.train_batch = a.train_batch or (4 if cuda else 1)
     if a.memory_child:
-        print(json.dumps(memory_child(a.memory_child, a.weights, a.train_batch, a.seq_len, a.dtype, a.device)))
+        print(json.dumps(memory_child(a.memory_child, a.weights, a.train_batch, a.seq_len, a.dtype, a.device, a.compile)))
         return 0
     a.runs = a.runs or (1 if a.quick else 3)
     a.eval_prompts = a.eval_prompts or (4 if a.quick else 8)
@@ -221,13 +228,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     dtype = parse_dtype(a.dtype)
     print(f"# device={a.device} dtype={a.dtype} threads={torch.get_num_threads()} torch={torch.__version__} "
-          f"cpus={os.cpu_count()} layers={a.layers} runs={a.runs}"
+          f"cpus={os.cpu_count()} layers={a.layers} runs={a.runs} compile={a.compile}"
           + (f" gpu={torch.cuda.get_device_name()}" if cuda else ""), flush=True)
     peak = matmul_peak(a.device, dtype)
     rows, ratios = [], {}
     with tempfile.TemporaryDirectory() as directory:
         save_random(a.layers, directory)
-        ours, theirs = load_ours(directory, dtype, a.device), load_theirs(directory, dtype, a.device)
+        ours, theirs = load_ours(directory, dtype, a.device, a.compile), load_theirs(directory, dtype, a.device)
         gen = torch.Generator().manual_seed(0)
 
         if "forward" in a.only:
