@@ -214,6 +214,10 @@ def main(argv=None) -> int:
     p.add_argument("--memory-child", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    for flag in ("layers", "seq_len", "runs", "train_batch", "eval_prompts", "eval_steps", "threads"):
+        value = getattr(a, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     cuda = a.device.startswith("cuda")
     a.train_batch = a.train_batch or (4 if cuda else 1)
     if a.memory_child:

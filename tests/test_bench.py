@@ -24,3 +24,11 @@ def test_bench_prints_every_workload_and_the_ratios(capsys):
     losses = re.search(r"first loss ([\d.]+) vs ([\d.]+)", out)
     assert losses.group(1) == losses.group(2)
     assert re.search(r"^ratios forward=[\d.]+ train=[\d.]+ eval=[\d.]+ memory=[\d.]+$", out, re.M)
+
+
+@pytest.mark.parametrize("flag", ["--layers", "--eval-prompts", "--runs"])
+def test_bench_refuses_a_count_below_one(flag, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main([flag, "0"])
+    assert stop.value.code == 2
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
