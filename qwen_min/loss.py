@@ -47,6 +47,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                     grad_h[s:s + chunk] = (probs.to(w.dtype) @ w).to(hidden.dtype)
                 if need_w:
                     grad_w += probs.T @ h.float()
+            logits = exp = probs = None  # free this chunk's (c, V) buffer before the next one is allocated
         ctx.save_for_backward(grad_h, grad_w)
         ctx.n, ctx.weight_dtype = n, weight.dtype
         return total / n

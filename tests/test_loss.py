@@ -1,0 +1,85 @@
+"""The chunked LM-head loss: the values and gradients of the plain one, holding one chunk of logits at a time."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import qwen_min.loss as loss_module
+from qwen_min.loss import IGNORE, linear_cross_entropy, lm_loss
+
+from .conftest import tiny_model
+
+N, D, V = 37, 16, 1000
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 8 rows of the 1,000-token vocabulary: 37 rows take five chunks, the last one short."""
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 8 * V)
+
+
+def tensors(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(N, D, generator=gen), torch.randn(V, D, generator=gen) * 0.5, torch.randint(0, V, (N,), generator=gen)
+
+
+@pytest.mark.parametrize("head_trains", [False, True])
+def test_equals_cross_entropy_of_full_logits(small_chunks, head_trains):
+    h, w, t = tensors()
+    ours_h, ref_h = h.clone().requires_grad_(), h.clone().requires_grad_()
+    ours_w, ref_w = w.clone().requires_grad_(head_trains), w.clone().requires_grad_(head_trains)
+    ours = linear_cross_entropy(ours_h, ours_w, t)
+    ref = F.cross_entropy(ref_h @ ref_w.T, t)
+    (2 * ours).backward()
+    (2 * ref).backward()  # an upstream gradient other than 1 scales what the forward stored
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(ours_h.grad, ref_h.grad, atol=1e-6, rtol=1e-5)
+    if head_trains:
+        torch.testing.assert_close(ours_w.grad, ref_w.grad, atol=1e-6, rtol=1e-5)
+    else:
+        assert ours_w.grad is None
+
+
+class MostAlive(TorchDispatchMode):
+    """The most distinct buffers alive at once among the outputs of shape (rows <= `rows`, `width`)."""
+
+    def __init__(self, rows: int, width: int):
+        super().__init__()
+        self.rows, self.width, self.live, self.most = rows, width, {}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] <= self.rows and t.shape[1] == self.width:
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in self.live:
+                    self.live[ptr] = weakref.ref(t.untyped_storage(), lambda _, ptr=ptr: self.live.pop(ptr, None))
+                self.most = max(self.most, len(self.live))
+        return out
+
+
+def test_one_chunk_of_logits_alive_at_a_time(small_chunks):
+    """Each chunk's (rows, V) buffer is freed before the next chunk's matmul allocates its own."""
+    h, w, t = tensors()
+    h.requires_grad_()
+    with MostAlive(rows=8, width=V) as watch:
+        linear_cross_entropy(h, w, t).backward()
+    assert watch.most == 1
+
+
+def test_lm_loss_scores_only_labelled_positions():
+    model = tiny_model()
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[1, 5:] = IGNORE  # padding after position 4 of the second row
+    loss, scored = lm_loss(model, ids, labels)
+    logits = model(ids)[:, :-1]
+    targets = labels[:, 1:]
+    ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+    assert scored == 8 + 4
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-6)
