@@ -47,12 +47,17 @@ class LoRALinear(nn.Module):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        shape = (*x.shape[:-1], self.out_features)
+        x = x.reshape(-1, self.in_features)  # (N, in), a view for contiguous x
+        y = F.linear(x, self.weight, self.bias)  # (N, out)
         if self.merged:
-            return y
-        a = self.lora_A.weight
-        update = self.lora_B(self.lora_A(self.lora_dropout(x.to(a.dtype))))
-        return y + (update * self.scaling).to(y.dtype)
+            return y.view(shape)
+        h = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))  # (N, r)
+        if h.dtype == y.dtype == self.lora_B.weight.dtype:
+            # y += scaling * h B^T in place: the update and its scaled copy are never (N, out) tensors of their own
+            return y.addmm_(h, self.lora_B.weight.T, alpha=self.scaling).view(shape)
+        # mixed dtypes (autocast over fp32 weights, an adapter kept in another dtype): cast, then add
+        return (y + (self.lora_B(h) * self.scaling).to(y.dtype)).view(shape)
 
     @torch.no_grad()
     def merge(self) -> None:

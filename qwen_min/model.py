@@ -138,7 +138,7 @@ class SiluMul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        return F.silu(gate) * up
+        return F.silu(gate).mul_(up)  # in place: one (B, T, intermediate) buffer, not two
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -151,7 +151,7 @@ class SiluMul(torch.autograd.Function):
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
         return SiluMul.apply(gate, up)
-    return F.silu(gate) * up
+    return F.silu(gate).mul_(up)
 
 
 class MLP(nn.Module):

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import lora
 from qwen_min import LoadError, QwenConfig, load_pretrained
@@ -224,3 +225,55 @@ def test_merged_export_loads_in_transformers(tmp_path, model_dir):
     hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
     with torch.no_grad():
         assert (ours(IDS) - hf(input_ids=IDS).logits).abs().max().item() < 1e-5
+
+
+class CountOutputs(TorchDispatchMode):
+    """Distinct buffers created with the given shape."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.buffers = tuple(shape), set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and tuple(out.shape) == self.shape:
+            self.buffers.add(out.untyped_storage().data_ptr())
+        return out
+
+
+def lora_linear(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.nn.Linear(16, 24)
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(24, 16, generator=gen))
+        base.bias.copy_(torch.randn(24, generator=gen))
+    layer = lora.LoRALinear(base.requires_grad_(False), rank=4, alpha=8)
+    with torch.no_grad():
+        layer.lora_B.weight.copy_(torch.randn(24, 4, generator=gen))
+    return layer
+
+
+def test_update_is_added_into_the_base_output_in_place():
+    """x W^T + b + s B A x with one (N, out) buffer, where update, scaled update and sum took three more."""
+    layer = lora_linear()
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1))
+    with CountOutputs((15, 24)) as count:
+        y = layer(x)
+    assert len(count.buffers) == 1 and y.shape == (3, 5, 24)
+    a, b = (layer.lora_A.weight.detach().clone().requires_grad_(), layer.lora_B.weight.detach().clone().requires_grad_())
+    ref = x @ layer.weight.T + layer.bias + (x @ a.T @ b.T) * 2.0
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    y.square().sum().backward()
+    ref.square().sum().backward()
+    torch.testing.assert_close(layer.lora_A.weight.grad, a.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(layer.lora_B.weight.grad, b.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_update_under_autocast_over_fp32_weights():
+    """bf16 activations and fp32 adapter weights cannot be added in place; the cast path runs instead."""
+    layer = lora_linear()
+    x = torch.randn(15, 16, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), layer(x), atol=0.5, rtol=2e-2)
