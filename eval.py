@@ -106,11 +106,13 @@ def resolve_adapter(path: str) -> Path:
     raise UsageError(f"--adapter {path}: no adapter_config.json there (nor in {p / 'adapter_best'})")
 
 
-def forecast_model(model, tok, values: np.ndarray, a, alpha: float, stats: dict, bar=None):
+def forecast_model(model, tok, values: np.ndarray, a, alpha: float, stats: dict, bar=None, charge=None):
     """Forecasts {ctx: (systems, horizon, 2)} in original units, and {ctx: steps that failed to parse}.
 
     Each generation batch holds `--batch-size` systems with every context and every sample, so a
     system's shorter contexts and repeated samples share the prefill of its longest prompt.
+    `charge(first, end, flops)` is called after each batch with the FLOPs it spent on systems
+    first..end-1, so a run stopped part-way has charged what it computed.
     """
     pattern_chars = step_pattern(a.decimals)
     pattern = [[tok.token_id(ch) for ch in chars] for chars in pattern_chars]
@@ -123,8 +125,11 @@ def forecast_model(model, tok, values: np.ndarray, a, alpha: float, stats: dict,
         jobs = [(v, ctx) for v in batch for ctx in a.ctx]
         prompts = [tok.encode(encode(v[:ctx], alpha, a.decimals) + ";") for v, ctx in jobs]
         prompts = [p for p in prompts for _ in range(a.samples)]
+        spent = stats.get("flops", 0.0)
         out = generate(model, prompts, tokens_needed, pad_id=tok.pad_id or 0, pattern=pattern,
                        temperature=a.temperature, generator=gen, stats=stats)
+        if charge is not None:
+            charge(start, start + len(batch), stats["flops"] - spent)
         for j, (v, ctx) in enumerate(jobs):
             samples = []
             for ids in out[j * a.samples:(j + 1) * a.samples]:
@@ -306,10 +311,12 @@ def evaluate(a) -> dict:
                 raise UsageError(f"{a.ledger}: evaluating {label} needs up to {need:.3e} FLOPs, "
                                  f"{ledger.refresh().remaining:.3e} remain")
             stats = {"convention": convention.name}
-            forecasts[label], failed[label] = forecast_model(model, tok, values, a, alpha, stats, bar)
+            key = f"{label}|{adapter}|ctx{'+'.join(map(str, a.ctx))}|{a.split}|{len(values)}|s{a.samples}"
+
+            def charge(first, end, spent, key=key):  # one key per batch: a re-run charges only what was not
+                ledger.charge(name, "eval", spent, tokens=0, steps=0, key=f"{key}|systems{first}-{end}")
+            forecasts[label], failed[label] = forecast_model(model, tok, values, a, alpha, stats, bar, charge)
             flops[label] = stats["flops"]
-            ledger.charge(name, "eval", stats["flops"], tokens=0, steps=0,
-                          key=f"{label}|{adapter}|ctx{'+'.join(map(str, a.ctx))}|{a.split}|{len(values)}|s{a.samples}")
             del model
         forecasts["persistence"] = {ctx: np.stack([persistence(v[:ctx], a.horizon) for v in values]) for ctx in a.ctx}
         if not a.no_ode_fit:
@@ -340,12 +347,18 @@ def evaluate(a) -> dict:
 
 
 def main(argv=None) -> int:
+    a = None
     try:
         a = parser().parse_args(argv)
         results = evaluate(a)
     except (UsageError, LoadError, DataError, LedgerError, BudgetExceeded) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        ledger = "the ledger" if a is None else a.ledger
+        print(f"stopped: no results written; the batches generated so far are charged to {ledger}, "
+              "and the same command again charges only the rest", file=sys.stderr)
+        return 130
     print(markdown(results))
     return 0
 

@@ -150,3 +150,34 @@ def test_ode_fit_recovers_a_noiseless_system():
     forecast, fitted = ode_fit(time_, series[:40], 20)
     assert np.abs(forecast - series[40:60]).max() < 1e-3
     np.testing.assert_allclose(fitted, [params[k][0] for k in ("a", "b", "g", "K", "c", "h", "x0", "y0")], rtol=1e-2)
+
+
+def test_stopped_run_charges_the_batches_it_generated(series_file, tmp_path, monkeypatch, capsys):
+    """Stopped during its second batch, eval has charged the first; run again, the ledger holds what
+    one uninterrupted run charges."""
+    from flops import Ledger
+
+    def argv(ledger, out):
+        return ["--model", "tiny-random", "--data", str(series_file), "--ctx", "40", "--limit", "8", "--batch-size",
+                "4", "--out", str(tmp_path / out), "--ledger", str(tmp_path / ledger), "--quiet", "--no-ode-fit"]
+    assert evaluation.main(argv("whole.json", "whole")) == 0
+    whole = Ledger.open(tmp_path / "whole.json").total
+
+    calls, real_generate = [], evaluation.generate
+
+    def stop_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_generate(*args, **kwargs)
+    monkeypatch.setattr(evaluation, "generate", stop_on_second)
+    assert evaluation.main(argv("stopped.json", "stopped")) == 130
+    assert "stopped: no results written" in capsys.readouterr().err
+    assert not (tmp_path / "stopped").exists()
+    first = Ledger.open(tmp_path / "stopped.json").total
+    assert 0 < first < whole
+
+    monkeypatch.setattr(evaluation, "generate", real_generate)
+    assert evaluation.main(argv("stopped.json", "stopped")) == 0
+    assert Ledger.open(tmp_path / "stopped.json").total == pytest.approx(whole)
+    assert json.loads((tmp_path / "stopped" / "results.json").read_text())["flops"] == pytest.approx(whole)
