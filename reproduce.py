@@ -184,7 +184,10 @@ def do_train(plan: Plan, label: str, name: str, rank: int, lr: float, chunk: int
         steps, cost = shorter, shorter * step + train.evaluations(shorter, plan.a.eval_every) * val
     say(f"{label}: {name}: rank {rank}, lr {lr:g}, chunk {chunk}, {fraction:.0%} of the training systems, "
         f"{steps} steps at {step:.3e} FLOPs each, {cost:.3e} FLOPs planned")
-    return train.train(train.args_for_run(plan.train_argv(name, rank, lr, chunk, fraction, steps)))
+    summary = train.train(train.args_for_run(plan.train_argv(name, rank, lr, chunk, fraction, steps)))
+    if summary.get("interrupted"):  # Ctrl-C stopped the run (checkpointed): stop the plan, not go on to the next stage
+        raise KeyboardInterrupt
+    return summary
 
 
 def do_eval(plan: Plan, label: str, name: str, adapter: Path | None, rank: int = 0) -> dict | None:
@@ -350,6 +353,10 @@ def main(argv=None) -> int:
     except (train.UsageError, LoadError, DataError, LedgerError, BudgetExceeded) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("stopped: the same command continues from here (finished stages are read back, a stopped "
+              "training run resumes from its checkpoint, nothing is charged twice)", file=sys.stderr)
+        return 130
     print(path.read_text())
     return 0
 

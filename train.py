@@ -468,7 +468,7 @@ def train(a) -> dict:
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (device.type == "cuda" and dtype == torch.bfloat16) \
         else (lambda: torch.autocast("cpu", enabled=False))
     name = a.name if world == 1 else f"{a.name}/rank{rank_id}"
-    stopped = None
+    stopped, interrupted = None, False
     bar = None
     if main_process and not a.quiet:
         from tqdm import tqdm
@@ -535,6 +535,7 @@ def train(a) -> dict:
                 checkpoint()
     except KeyboardInterrupt:
         stopped = f"interrupted at step {step}; resume with: python train.py --resume {out}"
+        interrupted = True
     finally:
         if bar:
             bar.close()
@@ -547,7 +548,7 @@ def train(a) -> dict:
         summary = {"name": a.name, "out": str(out), "steps": step, "max_steps": a.max_steps,
                    "complete": step >= a.max_steps, "best_val_loss": None if best_val == float("inf") else best_val,
                    "final_val_loss": next((m["val_loss"] for m in reversed(metrics) if m.get("val_loss") is not None), None),
-                   "flops": flops_used, "seconds": elapsed, "stopped": stopped}
+                   "flops": flops_used, "seconds": elapsed, "stopped": stopped, "interrupted": interrupted}
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         return summary
     return {}

@@ -77,3 +77,21 @@ def test_budget_too_small_is_refused_up_front(series_file, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: --budget 1e+08 is too small:")
     assert "FLOPs" in lines[0]
     assert not (tmp_path / "small" / "plan.json").exists()
+
+
+def test_ctrl_c_in_a_training_run_stops_the_plan(series_file, tmp_path, monkeypatch, capsys):
+    """A run stopped by Ctrl-C returns its summary (checkpointed); the plan stops there instead of going on."""
+    import reproduce
+    import train
+
+    started = []
+
+    def interrupted_run(a):
+        started.append(a.name)
+        return {"name": a.name, "complete": False, "stopped": "interrupted at step 3", "interrupted": True}
+    monkeypatch.setattr(train, "train", interrupted_run)
+    out = tmp_path / "plan"
+    assert reproduce.main(plan_args(series_file, out)[1:]) == 130
+    assert "stopped: the same command continues from here" in capsys.readouterr().err
+    assert len(started) == 1 and not (out / "report.md").exists()
+    assert not (out / started[0] / "results.json").exists() and not any(out.glob("eval-default*"))
