@@ -2,8 +2,10 @@
 
 `lm_loss` runs the LM head only on positions that have a label, and `linear_cross_entropy` computes
 head, log-softmax and the gradient together, a chunk of positions at a time: peak memory holds one
-chunk's logits (about 128 MB) instead of positions x vocabulary x 4 bytes several times over, and
-the softmax is computed in place, once.
+chunk's logits (at most 256 MB) instead of positions x vocabulary x 4 bytes several times over, and
+the softmax is computed in place, once. Each chunk reads the whole head weight twice (545 MB at full
+size, fp32), so chunks are as large as that bound allows and of equal size: 511 positions are two
+chunks of 256, not 441 and 70.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 
 IGNORE = -100  # label value the loss skips (padding)
-CHUNK_ELEMENTS = 2 ** 25  # logits per chunk: 32M floats, 128 MB
+CHUNK_ELEMENTS = 2 ** 26  # logits per chunk at most: 64M floats, 256 MB
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -25,7 +27,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets):
         n = hidden.shape[0]
-        chunk = max(1, CHUNK_ELEMENTS // weight.shape[0])
+        most = max(1, CHUNK_ELEMENTS // weight.shape[0])  # rows per chunk allowed
+        chunk = -(-n // -(-n // most)) if n else 1  # ceil(n / chunks) for the fewest chunks: equal sizes
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None

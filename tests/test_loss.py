@@ -51,13 +51,16 @@ class MostAlive(TorchDispatchMode):
     def __init__(self, rows: int, width: int):
         super().__init__()
         self.rows, self.width, self.live, self.most = rows, width, {}, 0
+        self.rows_seen = []  # rows of each new buffer, in order
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] <= self.rows and t.shape[1] == self.width:
+            if (isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] <= self.rows and t.shape[1] == self.width
+                    and t.is_contiguous()):  # not the transposed (D, V) head weight
                 ptr = t.untyped_storage().data_ptr()
                 if ptr not in self.live:
+                    self.rows_seen.append(t.shape[0])
                     self.live[ptr] = weakref.ref(t.untyped_storage(), lambda _, ptr=ptr: self.live.pop(ptr, None))
                 self.most = max(self.most, len(self.live))
         return out
@@ -83,3 +86,13 @@ def test_lm_loss_scores_only_labelled_positions():
     ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
     assert scored == 8 + 4
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-6)
+
+
+def test_fewest_chunks_of_near_equal_size(monkeypatch):
+    """At most 30 rows a chunk: 37 rows are two chunks of 19 and 18, not 30 and 7 (each chunk reads the
+    whole head weight, so a short last chunk costs nearly as much as a full one)."""
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 30 * V)
+    h, w, t = tensors()
+    with MostAlive(rows=N, width=V) as watch:
+        linear_cross_entropy(h.requires_grad_(), w, t)
+    assert watch.rows_seen == [19, 18]
