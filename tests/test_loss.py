@@ -96,3 +96,11 @@ def test_fewest_chunks_of_near_equal_size(monkeypatch):
     with MostAlive(rows=N, width=V) as watch:
         linear_cross_entropy(h.requires_grad_(), w, t)
     assert watch.rows_seen == [19, 18]
+
+
+def test_padding_label_agrees_with_the_data_layer():
+    """data/ stays free of torch and of the model, so it names the padding label itself; the two must agree
+    (and match cross_entropy's default ignore_index)."""
+    from data.windows import IGNORE as DATA_IGNORE
+
+    assert DATA_IGNORE == IGNORE == torch.nn.CrossEntropyLoss().ignore_index
