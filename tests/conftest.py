@@ -1,11 +1,13 @@
-"""Shared helpers: tiny random Qwen2 models written to disk in the Hugging Face layout."""
+"""Shared helpers: tiny random Qwen2 models written to disk in the Hugging Face layout, a buffer watcher."""
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from qwen_min import QwenConfig, QwenForCausalLM, init_weights, save_pretrained
 
@@ -55,3 +57,25 @@ def series_file(request, tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+class NewBuffers(TorchDispatchMode):
+    """The buffers that ops produce while active, among outputs that `match`: the shape each had when
+    first produced (`shapes`, in order; an op writing in place into one adds nothing) and the most of
+    them alive at once (`most_alive`)."""
+
+    def __init__(self, match):
+        super().__init__()
+        self.match, self.shapes, self.live, self.most_alive = match, [], {}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and self.match(t):
+                storage = t.untyped_storage()
+                ptr = storage.data_ptr()
+                if ptr not in self.live:
+                    self.shapes.append(tuple(t.shape))
+                    self.live[ptr] = weakref.ref(storage, lambda _, ptr=ptr: self.live.pop(ptr, None))
+                self.most_alive = max(self.most_alive, len(self.live))
+        return out

@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lora
 from qwen_min import LoadError, QwenConfig, load_pretrained
 
-from .conftest import tiny_model
+from .conftest import NewBuffers, tiny_model
 from .test_model import meta_model
 
 
@@ -227,20 +226,6 @@ def test_merged_export_loads_in_transformers(tmp_path, model_dir):
         assert (ours(IDS) - hf(input_ids=IDS).logits).abs().max().item() < 1e-5
 
 
-class CountOutputs(TorchDispatchMode):
-    """Distinct buffers created with the given shape."""
-
-    def __init__(self, shape):
-        super().__init__()
-        self.shape, self.buffers = tuple(shape), set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if isinstance(out, torch.Tensor) and tuple(out.shape) == self.shape:
-            self.buffers.add(out.untyped_storage().data_ptr())
-        return out
-
-
 def lora_linear(seed=0):
     gen = torch.Generator().manual_seed(seed)
     base = torch.nn.Linear(16, 24)
@@ -257,9 +242,9 @@ def test_update_is_added_into_the_base_output_in_place():
     """x W^T + b + s B A x with one (N, out) buffer, where update, scaled update and sum took three more."""
     layer = lora_linear()
     x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1))
-    with CountOutputs((15, 24)) as count:
+    with NewBuffers(lambda t: tuple(t.shape) == (15, 24)) as watch:
         y = layer(x)
-    assert len(count.buffers) == 1 and y.shape == (3, 5, 24)
+    assert len(watch.shapes) == 1 and y.shape == (3, 5, 24)
     a, b = (layer.lora_A.weight.detach().clone().requires_grad_(), layer.lora_B.weight.detach().clone().requires_grad_())
     ref = x @ layer.weight.T + layer.bias + (x @ a.T @ b.T) * 2.0
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import weakref
-
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import qwen_min.loss as loss_module
 from qwen_min.loss import IGNORE, linear_cross_entropy, lm_loss
 
-from .conftest import tiny_model
+from .conftest import NewBuffers, tiny_model
 
 N, D, V = 37, 16, 1000
 
@@ -45,34 +42,18 @@ def test_equals_cross_entropy_of_full_logits(small_chunks, head_trains):
         assert ours_w.grad is None
 
 
-class MostAlive(TorchDispatchMode):
-    """The most distinct buffers alive at once among the outputs of shape (rows <= `rows`, `width`)."""
-
-    def __init__(self, rows: int, width: int):
-        super().__init__()
-        self.rows, self.width, self.live, self.most = rows, width, {}, 0
-        self.rows_seen = []  # rows of each new buffer, in order
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if (isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] <= self.rows and t.shape[1] == self.width
-                    and t.is_contiguous()):  # not the transposed (D, V) head weight
-                ptr = t.untyped_storage().data_ptr()
-                if ptr not in self.live:
-                    self.rows_seen.append(t.shape[0])
-                    self.live[ptr] = weakref.ref(t.untyped_storage(), lambda _, ptr=ptr: self.live.pop(ptr, None))
-                self.most = max(self.most, len(self.live))
-        return out
+def chunk_logits(rows: int):
+    """The (r <= rows, V) logits buffers of the loss (not the transposed (D, V) head weight)."""
+    return NewBuffers(lambda t: t.dim() == 2 and t.shape[0] <= rows and t.shape[1] == V and t.is_contiguous())
 
 
 def test_one_chunk_of_logits_alive_at_a_time(small_chunks):
     """Each chunk's (rows, V) buffer is freed before the next chunk's matmul allocates its own."""
     h, w, t = tensors()
     h.requires_grad_()
-    with MostAlive(rows=8, width=V) as watch:
+    with chunk_logits(rows=8) as watch:
         linear_cross_entropy(h, w, t).backward()
-    assert watch.most == 1
+    assert watch.most_alive == 1
 
 
 def test_lm_loss_scores_only_labelled_positions():
@@ -93,9 +74,9 @@ def test_fewest_chunks_of_near_equal_size(monkeypatch):
     whole head weight, so a short last chunk costs nearly as much as a full one)."""
     monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 30 * V)
     h, w, t = tensors()
-    with MostAlive(rows=N, width=V) as watch:
+    with chunk_logits(rows=N) as watch:
         linear_cross_entropy(h.requires_grad_(), w, t)
-    assert watch.rows_seen == [19, 18]
+    assert [rows for rows, _ in watch.shapes] == [19, 18]
 
 
 def test_padding_label_agrees_with_the_data_layer():
