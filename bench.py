@@ -37,7 +37,8 @@ import lora
 from data import encode, scale_for, step_pattern
 from data.simulate import simulate
 from flops import EXACT
-from qwen_min import QwenConfig, QwenForCausalLM, generate, init_weights, load_pretrained, parse_dtype, save_pretrained
+from qwen_min import (LoadError, QwenConfig, QwenForCausalLM, generate, init_weights, load_pretrained, parse_device,
+                      parse_dtype, save_pretrained)
 from qwen_min.loss import lm_loss
 from qwen_min.tokenizer import tiny_tokenizer
 
@@ -218,6 +219,10 @@ def main(argv=None) -> int:
         value = getattr(a, flag)
         if value is not None and value < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    try:
+        parse_device(a.device), parse_dtype(a.dtype)
+    except LoadError as e:
+        p.error(str(e))
     cuda = a.device.startswith("cuda")
     a.train_batch = a.train_batch or (4 if cuda else 1)
     if a.memory_child:

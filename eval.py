@@ -28,7 +28,7 @@ from data import DataError, decode, encode, ensure_data, load_series, make_split
 from data.baselines import ode_fit, persistence
 from flops import BudgetExceeded, Ledger, get_convention
 from flops.ledger import DEFAULT_BUDGET, LedgerError
-from qwen_min import LoadError, generate, load_pretrained, load_tokenizer, parse_dtype
+from qwen_min import LoadError, generate, load_pretrained, load_tokenizer, parse_device, parse_dtype
 
 from train import DEFAULT_DATA, DEFAULT_MODEL, UsageError  # the flags mean the same in both scripts
 
@@ -287,7 +287,7 @@ def evaluate(a) -> dict:
     adapters = [resolve_adapter(p) for p in a.adapter]
     labels = ([] if (adapters and a.no_base) else ["model"]) + [
         ("model+" + (p.parent.name if p.name in ("adapter_best", "adapter_last") else p.name)) for p in adapters]
-    device = torch.device(a.device)
+    device = parse_device(a.device)
     dtype = parse_dtype(a.dtype or ("bf16" if device.type == "cuda" else "fp32"))
     tok = load_tokenizer(a.model)
     name = a.name or f"eval-{Path(a.out).name}"

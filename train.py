@@ -34,7 +34,7 @@ from data import DataError, ensure_data, load_series, make_splits, make_windows,
 from data.windows import IGNORE, tokenize_series
 from flops import BudgetExceeded, Ledger, get_convention
 from flops.ledger import DEFAULT_BUDGET, LedgerError
-from qwen_min import LoadError, load_pretrained, load_tokenizer, parse_dtype, save_pretrained
+from qwen_min import LoadError, load_pretrained, load_tokenizer, parse_device, parse_dtype, save_pretrained
 from qwen_min.loss import lm_loss
 from qwen_min.weights import atomic_write
 
@@ -416,7 +416,7 @@ def train(a) -> dict:
     rank_id, world = distributed()
     main_process = rank_id == 0
     torch.manual_seed(a.seed + rank_id)  # dropout; torch seeds itself at random otherwise
-    device = torch.device(a.device)
+    device = parse_device(a.device)
     dtype = parse_dtype(a.dtype or ("bf16" if device.type == "cuda" else "fp32"))
     out = Path(a.out)
     ckpt_path = out / "checkpoint.pt"

@@ -12,8 +12,8 @@ from .generate import generate
 from .presets import PRESETS, TINY_RANDOM, preset_model, tiny_random_model
 from .model import KVCache, QwenForCausalLM, init_weights
 from .tokenizer import Tokenizer, load_tokenizer
-from .weights import load_config, load_pretrained, parse_dtype, save_pretrained
+from .weights import load_config, load_pretrained, parse_device, parse_dtype, save_pretrained
 
 __all__ = ["QwenConfig", "LoadError", "generate", "PRESETS", "TINY_RANDOM", "preset_model", "tiny_random_model",
            "KVCache", "QwenForCausalLM", "init_weights", "Tokenizer", "load_tokenizer", "load_config",
-           "load_pretrained", "parse_dtype", "save_pretrained"]
+           "load_pretrained", "parse_device", "parse_dtype", "save_pretrained"]

@@ -32,6 +32,21 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def parse_device(name: str) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N' as a torch.device, checked against this machine and its torch."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise LoadError(f"unknown device {name!r}; expected cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LoadError(f"device {name!r}: this torch ({torch.__version__}) has no CUDA device to use")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise LoadError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def load_config(name_or_path: str | Path) -> QwenConfig:
     """The config alone (no weights read): for FLOPs planning on the meta device."""
     if is_preset(name_or_path):

@@ -32,3 +32,13 @@ def test_bench_refuses_a_count_below_one(flag, capsys):
         bench.main([flag, "0"])
     assert stop.value.code == 2
     assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--dtype", "bf17"], "unknown dtype 'bf17'"),
+])
+def test_bench_refuses_a_bad_device_or_dtype(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err

@@ -71,6 +71,7 @@ def test_any_file_of_the_format(tmp_path):
     (["--ctx", "90"], "--ctx 90 + --horizon 20 needs 110 time points"),
     (["--adapter", "/nonexistent"], "--adapter /nonexistent: no adapter_config.json there"),
     (["--samples", "3"], "--samples > 1 needs --temperature > 0"),
+    (["--device", "tpu"], "unknown device 'tpu'; expected cpu, cuda or cuda:N"),
 ])
 def test_bad_arguments(series_file, tmp_path, capsys, argv, message):
     base = ["--model", "tiny-random", "--data", str(series_file), "--out", str(tmp_path / "o"),

@@ -139,6 +139,7 @@ def test_sweep_writes_its_table_and_refuses_over_budget(series_file, tmp_path, c
     (["--chunk", "4", "--stride", "2"], "--chunk 4 is smaller than one time step of text (10 tokens)"),
     (["--model", "no/such-model-here"], "no/such-model-here: not in the local Hugging Face cache"),
     (["--data", "/nonexistent/lv.h5"], "/nonexistent/lv.h5: file not found"),
+    (["--device", "tpu"], "unknown device 'tpu'; expected cpu, cuda or cuda:N"),
 ])
 def test_bad_arguments_are_one_line(series_file, tmp_path, extra, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

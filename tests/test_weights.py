@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from qwen_min import LoadError, load_pretrained, save_pretrained
+from qwen_min import LoadError, load_pretrained, parse_device, save_pretrained
 
 from .conftest import ROOT, tiny_model
 
@@ -44,6 +44,24 @@ def test_dtype_and_device(model_dir):
     _, directory = model_dir
     model = load_pretrained(directory, dtype="bf16", device="cpu")
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tpu", "unknown device 'tpu'; expected cpu, cuda or cuda:N"),
+    ("cuda:x", "unknown device 'cuda:x'"),
+    ("meta", "unknown device 'meta'"),
+    ("cuda:99", "device 'cuda:99': "),  # no CUDA here, or fewer than 100 devices
+])
+def test_bad_device_is_one_clear_error(name, message):
+    with pytest.raises(LoadError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_device(name)
+    assert parse_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")
+def test_cuda_asked_of_a_cpu_torch():
+    with pytest.raises(LoadError, match="has no CUDA device to use"):
+        parse_device("cuda")
 
 
 def test_sharded_checkpoint(model_dir):
