@@ -32,7 +32,7 @@ from data import DataError
 from flops import BudgetExceeded, Ledger
 from flops.ledger import LedgerError
 from flops.report import component_table, format_table, meta_model
-from qwen_min import LoadError, load_config, load_tokenizer
+from qwen_min import LoadError, load_config, load_tokenizer, parse_device
 
 
 def parser() -> argparse.ArgumentParser:
@@ -219,6 +219,7 @@ def reproduce(a) -> Path:
             raise train.UsageError(f"{name} must be at least 1, got {value}")
     if any(s < 0 for s in a.shares) or abs(sum(a.shares) - 1) > 1e-6:
         raise train.UsageError(f"--shares must be three non-negative numbers summing to 1, got {a.shares}")
+    parse_device(a.device)  # before plan.json or the ledger is written
     plan = Plan(a)
     numbers = plan.run_plan()
     Ledger.open(plan.ledger_path, budget=a.budget, convention=a.convention)  # refuses another budget

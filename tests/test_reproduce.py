@@ -95,3 +95,12 @@ def test_ctrl_c_in_a_training_run_stops_the_plan(series_file, tmp_path, monkeypa
     assert "stopped: the same command continues from here" in capsys.readouterr().err
     assert len(started) == 1 and not (out / "report.md").exists()
     assert not (out / started[0] / "results.json").exists() and not any(out.glob("eval-default*"))
+
+
+def test_bad_device_is_refused_before_anything_is_written(series_file, tmp_path, capsys):
+    import reproduce
+
+    out = tmp_path / "plan"
+    assert reproduce.main([*plan_args(series_file, out)[1:], "--device", "tpu"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown device 'tpu'; expected cpu, cuda or cuda:N"
+    assert not out.exists()
