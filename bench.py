@@ -30,19 +30,18 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import torch
 
 import lora
-from data import encode, scale_for, step_pattern
+from data import prompt, scale_for, step_pattern
 from data.simulate import simulate
 from flops import EXACT
-from qwen_min import (LoadError, QwenConfig, QwenForCausalLM, generate, init_weights, load_pretrained, parse_device,
-                      parse_dtype, save_pretrained)
+from qwen_min import (NUMBER_SYMBOLS, LoadError, QwenConfig, QwenForCausalLM, generate, init_weights, load_pretrained,
+                      load_tokenizer, parse_device, parse_dtype, save_pretrained)
 from qwen_min.loss import lm_loss
 from qwen_min.tokenizer import tiny_tokenizer
-
-NUMBER_CHARS = "0123456789.,;"
 
 
 def sync(device: str) -> None:
@@ -188,12 +187,58 @@ def eval_prompts(tok, n: int, ctxs=(40, 80)) -> list[list[int]]:
     steps of context."""
     trajectories, _, _ = simulate(systems=-(-n // len(ctxs)), seed=1)
     alpha = scale_for(trajectories)
-    prompts = [tok.encode(encode(v[:ctx], alpha) + ";") for v in trajectories for ctx in ctxs]
+    prompts = [tok.encode(prompt(v, ctx, alpha)) for v in trajectories for ctx in ctxs]
     return prompts[:n]
 
 
 def qwen_number_ids(tok) -> dict[str, int]:
-    return {c: tok.token_id(c) for c in NUMBER_CHARS}
+    return {c: tok.token_id(c) for c in NUMBER_SYMBOLS}
+
+
+# --- workloads: each returns its row (name, ours, theirs, our FLOP/s or None, note) ----------------
+
+def bench_forward(ours, theirs, a, gen) -> tuple:
+    ids = torch.randint(0, 151_000, (1, a.seq_len), generator=gen).to(a.device)
+    with torch.inference_mode():
+        diff = (ours(ids).float() - theirs(input_ids=ids).logits.float()).abs().max().item()
+        t_ours, t_theirs = alternate(lambda: ours(ids), lambda: theirs(input_ids=ids), a.runs, a.device)
+    flops = ours.flops(a.seq_len, EXACT).forward
+    return f"forward 1x{a.seq_len}", t_ours, t_theirs, flops / t_ours, f"max |logit diff| {diff:.1e}"
+
+
+def bench_eval(ours, theirs, a) -> tuple:
+    tok = _qwen_tokenizer_or_none()
+    if tok is None:  # no real vocabulary at hand: the same digit-per-token behaviour, Qwen's ids unknown
+        tok = tiny_tokenizer()
+    prompts = eval_prompts(tok, a.eval_prompts)
+    pattern = [[tok.token_id(c) for c in chars] for chars in step_pattern(2)]
+    allowed = sorted(qwen_number_ids(tok).values())
+    new_tokens = 10 * a.eval_steps
+    stats = {}
+    ours_fn = lambda: generate(ours, prompts, new_tokens, pad_id=0, pattern=pattern, stats=stats)  # noqa: E731
+    theirs_fn = lambda: hf_generate(theirs, prompts, new_tokens, allowed, a.device)  # noqa: E731
+    same = generate(ours, prompts, new_tokens, pad_id=0, allowed_token_ids=allowed) == theirs_fn()
+    t_ours, t_theirs = alternate(ours_fn, theirs_fn, a.runs, a.device)
+    calls = stats["forward_calls"] / (a.runs + 1)
+    return (f"eval {len(prompts)} prompts x {new_tokens} tok", t_ours, t_theirs, stats["flops"] / (a.runs + 1) / t_ours,
+            f"mask-only tokens equal: {same}; {calls:.0f} forward calls vs {new_tokens}")
+
+
+def bench_train(ours, theirs, a, gen) -> tuple:
+    ids = torch.randint(0, 151_000, (a.train_batch, a.seq_len), generator=gen).to(a.device)
+    ours_step, theirs_step = ours_train_step(ours, a.device), theirs_train_step(theirs, a.device)
+    l1, l2 = ours_step(ids).item(), theirs_step(ids).item()
+    t_ours, t_theirs = alternate(lambda: ours_step(ids), lambda: theirs_step(ids), a.runs, a.device)
+    flops = a.train_batch * ours.flops(a.seq_len, EXACT, head_positions=a.seq_len - 1).training
+    return f"train step {a.train_batch}x{a.seq_len}", t_ours, t_theirs, flops / t_ours, f"first loss {l1:.4f} vs {l2:.4f}"
+
+
+def bench_memory(directory: str, a) -> tuple:
+    m_ours, m_theirs = measure_memory("ours", directory, a), measure_memory("theirs", directory, a)
+    gib = 2 ** 30
+    return ("  peak memory GiB (step)", m_ours["peak"] / gib, m_theirs["peak"] / gib, None,
+            f"before the step {m_ours['before'] / gib:.2f} vs {m_theirs['before'] / gib:.2f}; "
+            f"added {(m_ours['peak'] - m_ours['before']) / gib:.2f} vs {(m_theirs['peak'] - m_theirs['before']) / gib:.2f}")
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -247,50 +292,17 @@ def main(argv=None) -> int:
         gen = torch.Generator().manual_seed(0)
 
         if "forward" in a.only:
-            ids = torch.randint(0, 151_000, (1, a.seq_len), generator=gen).to(a.device)
-            with torch.inference_mode():
-                diff = (ours(ids).float() - theirs(input_ids=ids).logits.float()).abs().max().item()
-                t_ours, t_theirs = alternate(lambda: ours(ids), lambda: theirs(input_ids=ids), a.runs, a.device)
-            flops = ours.flops(a.seq_len, EXACT).forward
-            rows.append((f"forward 1x{a.seq_len}", t_ours, t_theirs, flops / t_ours, f"max |logit diff| {diff:.1e}"))
-            ratios["forward"] = t_ours / t_theirs
-
+            rows.append(bench_forward(ours, theirs, a, gen))
+            ratios["forward"] = rows[-1][1] / rows[-1][2]
         if "eval" in a.only:
-            tok = _qwen_tokenizer_or_none()
-            if tok is None:  # no real vocabulary at hand: the same digit-per-token behaviour, Qwen's ids unknown
-                tok = tiny_tokenizer()
-            prompts = eval_prompts(tok, a.eval_prompts)
-            pattern = [[tok.token_id(c) for c in chars] for chars in step_pattern(2)]
-            allowed = sorted(qwen_number_ids(tok).values())
-            new_tokens = 10 * a.eval_steps
-            stats = {}
-            ours_fn = lambda: generate(ours, prompts, new_tokens, pad_id=0, pattern=pattern, stats=stats)  # noqa: E731
-            theirs_fn = lambda: hf_generate(theirs, prompts, new_tokens, allowed, a.device)  # noqa: E731
-            same = generate(ours, prompts, new_tokens, pad_id=0, allowed_token_ids=allowed) == theirs_fn()
-            t_ours, t_theirs = alternate(ours_fn, theirs_fn, a.runs, a.device)
-            calls = stats["forward_calls"] / (a.runs + 1)
-            rows.append((f"eval {len(prompts)} prompts x {new_tokens} tok", t_ours, t_theirs,
-                         stats["flops"] / (a.runs + 1) / t_ours,
-                         f"mask-only tokens equal: {same}; {calls:.0f} forward calls vs {new_tokens}"))
-            ratios["eval"] = t_ours / t_theirs
-
+            rows.append(bench_eval(ours, theirs, a))
+            ratios["eval"] = rows[-1][1] / rows[-1][2]
         if "train" in a.only:
-            ids = torch.randint(0, 151_000, (a.train_batch, a.seq_len), generator=gen).to(a.device)
-            ours_step, theirs_step = ours_train_step(ours, a.device), theirs_train_step(theirs, a.device)
-            l1, l2 = ours_step(ids).item(), theirs_step(ids).item()
-            t_ours, t_theirs = alternate(lambda: ours_step(ids), lambda: theirs_step(ids), a.runs, a.device)
-            flops = a.train_batch * ours.flops(a.seq_len, EXACT, head_positions=a.seq_len - 1).training
-            del ours, theirs
-            m_ours, m_theirs = measure_memory("ours", directory, a), measure_memory("theirs", directory, a)
-            gib = 2 ** 30
-            rows.append((f"train step {a.train_batch}x{a.seq_len}", t_ours, t_theirs, flops / t_ours,
-                         f"first loss {l1:.4f} vs {l2:.4f}"))
-            rows.append(("  peak memory GiB (step)", m_ours["peak"] / gib, m_theirs["peak"] / gib, None,
-                         f"before the step {m_ours['before'] / gib:.2f} vs {m_theirs['before'] / gib:.2f}; "
-                         f"added {(m_ours['peak'] - m_ours['before']) / gib:.2f} vs "
-                         f"{(m_theirs['peak'] - m_theirs['before']) / gib:.2f}"))
-            ratios["train"] = t_ours / t_theirs
-            ratios["memory"] = m_ours["peak"] / m_theirs["peak"]
+            rows.append(bench_train(ours, theirs, a, gen))
+            ratios["train"] = rows[-1][1] / rows[-1][2]
+            del ours, theirs  # the memory of each side is measured in a process of its own
+            rows.append(bench_memory(directory, a))
+            ratios["memory"] = rows[-1][1] / rows[-1][2]
 
     print(f"{'workload':<34}{'ours':>10}{'theirs':>10}{'ratio':>8}{'ours GFLOP/s':>14}{'MFU':>7}  notes")
     for name, o, t, fps, note in rows:
@@ -303,10 +315,6 @@ def main(argv=None) -> int:
 
 def _qwen_tokenizer_or_none():
     """The real Qwen vocabulary from ../shared/ when present (its digit ids matter to the mask)."""
-    from pathlib import Path
-
-    from qwen_min import load_tokenizer
-
     shared = Path(__file__).resolve().parent.parent / "shared" / "qwen2.5-tokenizer"
     return load_tokenizer(shared) if (shared / "tokenizer.json").is_file() else None
 

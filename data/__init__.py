@@ -2,13 +2,16 @@
 
 simulate (scipy's solve_ivp, Rosenzweig-MacArthur or classical), io (load with validation, write),
 splits (seeded train/validation indices), text (encode/decode `0.68,0.75;0.53,0.56;...`),
-windows (token windows for training, prompts for evaluation). Imports nothing else of the project.
+windows (token windows for training, prompts for evaluation), baselines (persistence, ODE fit), and
+files (atomic writes, used by every package that writes a file). Imports nothing else of the project.
+`simulate` (with `ensure_data`, the default file simulated when missing) is not imported here, so
+that `python -m data.simulate` runs it fresh.
 """
 
-from .io import DEFAULT_PATH, DataError, Series, ensure_data, load_series, write_series
+from .io import DEFAULT_PATH, DataError, Series, load_series, write_series
 from .splits import make_splits
 from .text import DecodeReport, decode, encode, scale_for, step_pattern
-from .windows import make_windows, prompt_and_target
+from .windows import make_windows, prompt, prompt_and_target
 
-__all__ = ["DEFAULT_PATH", "DataError", "Series", "ensure_data", "load_series", "write_series", "make_splits",
-           "DecodeReport", "decode", "encode", "scale_for", "step_pattern", "make_windows", "prompt_and_target"]
+__all__ = ["DEFAULT_PATH", "DataError", "Series", "load_series", "write_series", "make_splits",
+           "DecodeReport", "decode", "encode", "scale_for", "step_pattern", "make_windows", "prompt", "prompt_and_target"]

@@ -3,14 +3,13 @@ and `/time` float64 (points,). Loading validates everything and raises one `Data
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from .files import atomic_write
 
 DEFAULT_PATH = Path("data/lotka_volterra_data.h5")
 
@@ -78,26 +77,11 @@ def write_series(path: str | Path, trajectories: np.ndarray, time: np.ndarray) -
     if trajectories.ndim != 3 or trajectories.shape[2] != 2 or time.shape != (trajectories.shape[1],):
         raise DataError(f"{path}: refusing to write trajectories {trajectories.shape} with time {time.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("trajectories", data=trajectories.astype(np.float32))
             f.create_dataset("time", data=time.astype(np.float64))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
     return path
 
-
-def ensure_data(path: str | Path = DEFAULT_PATH) -> Series:
-    """Load `path`; if it is the default and missing, simulate the default set there first and say so."""
-    path = Path(path)
-    if not path.exists() and path == DEFAULT_PATH:
-        from .simulate import simulate
-
-        trajectories, time, _ = simulate()
-        write_series(path, trajectories, time)
-        print(f"{path} was missing: simulated 1000 systems (seed 0) and wrote them there", file=sys.stderr)
-    return load_series(path)

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 from scipy.integrate import solve_ivp
+
+from .io import DEFAULT_PATH, DataError, Series, load_series, write_series
 
 RM_RANGES = {"a": (0.1, 0.3), "b": (0.22, 0.5), "g": (0.1, 0.3), "K": (4.0, 14.0), "c": (0.3, 0.7),
              "h": (0.05, 0.2), "x0": (0.8, 1.2), "y0": (0.8, 1.2)}
@@ -93,11 +96,19 @@ def format_summary(s: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    from .io import DataError, write_series
+def ensure_data(path: str | Path = DEFAULT_PATH) -> Series:
+    """Load `path`; if it is the default and missing, simulate the default set there first and say so."""
+    path = Path(path)
+    if not path.exists() and path == DEFAULT_PATH:
+        trajectories, time, _ = simulate()
+        write_series(path, trajectories, time)
+        print(f"{path} was missing: simulated 1000 systems (seed 0) and wrote them there", file=sys.stderr)
+    return load_series(path)
 
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m data.simulate", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="data/lotka_volterra_data.h5", help="HDF5 file to write")
+    p.add_argument("--out", default=str(DEFAULT_PATH), help="HDF5 file to write")
     p.add_argument("--systems", type=int, default=1000)
     p.add_argument("--points", type=int, default=100, help="time points per system")
     p.add_argument("--t-end", type=float, default=200.0, help="last time point (the first is 0)")

@@ -42,12 +42,17 @@ def make_windows(sequences: Sequence[Sequence[int]], chunk: int = 512, stride: i
     return {"input_ids": as_tensor(ids), "labels": as_tensor(labels), "attention_mask": as_tensor(mask)}
 
 
+def prompt(values: np.ndarray, ctx: int, alpha: float = 1.0, decimals: int = 2) -> str:
+    """The first `ctx` steps of a series (points, 2) as text ending with ';': what the model continues."""
+    return encode(values[:ctx], alpha, decimals) + ";"
+
+
 def prompt_and_target(values: np.ndarray, ctx: int, horizon: int = 20, alpha: float = 1.0,
                       decimals: int = 2) -> tuple[str, np.ndarray]:
-    """The first `ctx` steps as text ending with ';', and the true next `horizon` steps (original units)."""
+    """The prompt of the first `ctx` steps, and the true next `horizon` steps (original units)."""
     if ctx < 1 or ctx + horizon > len(values):
         raise ValueError(f"ctx {ctx} + horizon {horizon} needs {ctx + horizon} points; the series has {len(values)}")
-    return encode(values[:ctx], alpha, decimals) + ";", np.asarray(values[ctx:ctx + horizon], dtype=np.float64)
+    return prompt(values, ctx, alpha, decimals), np.asarray(values[ctx:ctx + horizon], dtype=np.float64)
 
 
 def tokenize_series(values: Sequence[np.ndarray], alpha: float, encode_text: Callable[[str], list[int]],

@@ -13,14 +13,18 @@ import json
 import sys
 from pathlib import Path
 
+from experiment.costs import meta_model
+from qwen_min import LoadError, QwenConfig
+
 from .conventions import CONVENTIONS
+from .ledger import Ledger, LedgerError
+from .report import as_json, component_table, format_table
+
+# A package's __main__ is a script: it may import the packages above flops (the model, LoRA, the
+# experiment library) to build the model whose table it prints. Nothing inside flops imports them.
 
 
 def table_main(argv) -> int:
-    from qwen_min import LoadError, QwenConfig
-
-    from .report import as_json, component_table, format_table, meta_model
-
     p = argparse.ArgumentParser(prog="python -m flops", description="Per-component FLOPs of one forward pass.")
     p.add_argument("--seq-len", type=int, default=512, help="tokens in the sequence (default 512)")
     p.add_argument("--convention", choices=sorted(CONVENTIONS), default="exact")
@@ -48,8 +52,6 @@ def table_main(argv) -> int:
 
 
 def ledger_main(argv) -> int:
-    from .ledger import Ledger, LedgerError
-
     p = argparse.ArgumentParser(prog="python -m flops ledger", description="Print a FLOPs ledger's experiments.")
     p.add_argument("path")
     p.add_argument("--json", action="store_true")

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from data.files import write_text
 
 from .conventions import get_convention
 
@@ -79,16 +79,7 @@ class Ledger:
 
     @staticmethod
     def _write(path: Path, data: dict) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text(path, json.dumps(data, indent=1))
 
     @staticmethod
     @contextmanager

@@ -1,8 +1,8 @@
-"""The per-component FLOPs table (the report's Table 3), read from the model's own `flops()` methods."""
+"""The per-component FLOPs table (the report's Table 3), read from a model's own `flops()` methods.
+
+The model is passed in (any object with the modules' `flops()`): nothing of `qwen_min` is imported."""
 
 from __future__ import annotations
-
-import torch
 
 from .conventions import Convention, Cost, get_convention
 
@@ -36,19 +36,6 @@ def component_table(model, seq_len: int, convention: Convention | str) -> dict[s
         rows[f"LoRA adapters, {len(blocks)} blocks"] = sum(m.adapter_flops(seq_len, convention) for m in adapters)
     rows["forward"] = model.flops(seq_len, convention)
     return rows
-
-
-def meta_model(config=None, rank: int = 0, targets=("q_proj", "v_proj")):
-    """The full-size model (or `config`) on the meta device, with LoRA injected when rank > 0: no memory."""
-    from qwen_min import QwenConfig, QwenForCausalLM
-
-    with torch.device("meta"):
-        model = QwenForCausalLM(config or QwenConfig())
-        if rank:
-            import lora
-
-            lora.inject(model, rank=rank, targets=targets, verbose=False)
-    return model
 
 
 def format_table(rows: dict[str, Cost], convention: str, seq_len: int, compare_report: bool = False) -> str:

@@ -9,10 +9,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from data.files import atomic_write, write_text
 from qwen_min.errors import LoadError
-from qwen_min.weights import atomic_write, save_state
+from qwen_min.weights import save_state
 
-from .inject import ATTENTION, TARGETS, inject, lora_layers
+from .inject import ATTENTION, TARGETS, inject, lora_config, lora_layers
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -30,19 +31,19 @@ def adapter_state(model) -> dict[str, torch.Tensor]:
 
 def save_adapter(model, directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
     """Write adapter_config.json and adapter_model.safetensors, loadable by peft.PeftModel.from_pretrained."""
-    cfg = getattr(model, "lora_config", None)
-    if cfg is None or not lora_layers(model):
+    cfg = lora_config(model)
+    if cfg is None:
         raise LoadError("this model has no LoRA layers to save (inject or load an adapter first)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg["r"], "lora_alpha": cfg["lora_alpha"],
               "lora_dropout": cfg["lora_dropout"], "target_modules": cfg["target_modules"], "bias": "none",
-              "base_model_name_or_path": base_model_name_or_path or getattr(model, "name_or_path", None),
+              "base_model_name_or_path": base_model_name_or_path,
               "fan_in_fan_out": False, "inference_mode": True, "modules_to_save": None, "use_rslora": False,
               "use_dora": False, "init_lora_weights": True, "layers_to_transform": None, "rank_pattern": {},
               "alpha_pattern": {}}
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(adapter_state(model), p, metadata={"format": "pt"}))
-    atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
 
 
@@ -96,7 +97,7 @@ def load_adapter(model, directory: str | Path):
             stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError) as e:
         raise LoadError(f"{weights}: not a readable safetensors file ({e})") from None
-    present = getattr(model, "lora_config", None)
+    present = lora_config(model)
     if present is not None and (present["r"] != cfg["r"] or set(present["target_modules"]) != set(cfg["target_modules"])):
         raise LoadError(f"{directory}: adapter has r={cfg['r']} on {', '.join(cfg['target_modules'])}, but the "
                         f"model's LoRA layers have r={present['r']} on {', '.join(present['target_modules'])}")

@@ -27,6 +27,17 @@ def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(t for t in TARGETS if t in names)
 
 
+def check_config(rank, alpha=None, dropout=0.0, name=lambda key: f"LoRA {key}") -> None:
+    """Refuse a rank, alpha or dropout LoRA can't use; the message calls each value `name(key)`
+    (train.py says `--rank`, a library call `LoRA rank`)."""
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise LoadError(f"{name('rank')} must be a positive integer, got {rank!r}")
+    if alpha is not None and not alpha > 0:
+        raise LoadError(f"{name('alpha')} must be positive, got {alpha!r}")
+    if not 0 <= dropout < 1:
+        raise LoadError(f"{name('dropout')} must be in [0, 1), got {dropout!r}")
+
+
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """Module name -> LoRALinear, in model order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
@@ -39,12 +50,7 @@ def inject(model, rank: int = 8, alpha: float | None = None, dropout: float = 0.
     Freezing is structural: every parameter is frozen, then exactly the lora_A and lora_B weights of
     the layers created here are unfrozen. Returns the model (modified in place).
     """
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
-        raise LoadError(f"LoRA rank must be a positive integer, got {rank!r}")
-    if alpha is not None and not alpha > 0:
-        raise LoadError(f"LoRA alpha must be positive, got {alpha!r}")
-    if not 0 <= dropout < 1:
-        raise LoadError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    check_config(rank, alpha, dropout)
     targets = parse_targets(targets)
     if lora_layers(model):
         raise LoadError("this model already has LoRA layers; load or inject adapters once")
@@ -57,11 +63,21 @@ def inject(model, rank: int = 8, alpha: float | None = None, dropout: float = 0.
     for layer in lora_layers(model).values():
         layer.lora_A.weight.requires_grad_(True)
         layer.lora_B.weight.requires_grad_(True)
-    model.lora_config = {"r": rank, "lora_alpha": float(rank if alpha is None else alpha),
-                         "lora_dropout": float(dropout), "target_modules": list(targets)}
     if verbose:
         print(summary(model))
     return model
+
+
+def lora_config(model: nn.Module) -> dict | None:
+    """{r, lora_alpha, lora_dropout, target_modules} of the model's LoRA layers (None without any),
+    read from the layers themselves: `inject` gives every layer the same settings."""
+    layers = list(lora_layers(model).values())
+    if not layers:
+        return None
+    names = {name.rsplit(".", 1)[-1] for name in lora_layers(model)}
+    first = layers[0]
+    return {"r": first.rank, "lora_alpha": first.alpha, "lora_dropout": first.dropout,
+            "target_modules": [t for t in TARGETS if t in names]}
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -72,6 +88,6 @@ def summary(model: nn.Module) -> str:
     """'LoRA r=8 on q_proj, v_proj: 540,672 trainable of 494,573,440 parameters (0.1093%)'."""
     trainable = sum(p.numel() for p in trainable_parameters(model))
     total = sum(p.numel() for p in model.parameters())
-    cfg = getattr(model, "lora_config", None)
+    cfg = lora_config(model)
     head = f"LoRA r={cfg['r']} on {', '.join(cfg['target_modules'])}" if cfg else "no LoRA"
     return f"{head}: {trainable:,} trainable of {total:,} parameters ({trainable / total:.4%})"

@@ -29,6 +29,7 @@ class LoRALinear(nn.Module):
         kw = dict(bias=False, device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Linear(self.in_features, rank, **kw)  # weight (r, in)
         self.lora_B = nn.Linear(rank, self.out_features, **kw)  # weight (out, r)
+        self.dropout = float(dropout)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.reset_lora()

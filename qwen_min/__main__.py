@@ -10,9 +10,7 @@ import argparse
 import sys
 import time
 
-from . import LoadError, generate, load_pretrained, load_tokenizer
-
-NUMBER_SYMBOLS = "0123456789.,;"
+from . import NUMBER_SYMBOLS, LoadError, generate, load_pretrained, load_tokenizer
 
 
 def main(argv=None) -> int:

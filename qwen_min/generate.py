@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from flops.conventions import get_convention
+
 from .model import KVCache, QwenForCausalLM
 
 
@@ -35,7 +37,7 @@ def generate(model: QwenForCausalLM, prompts: Sequence[Sequence[int]], max_new_t
              allowed_token_ids: Sequence[int] | None = None, pattern: Sequence[Sequence[int]] | None = None,
              stop_ids: Sequence[int] = (), temperature: float = 0.0, generator: torch.Generator | None = None,
              use_cache: bool = True, skip_forced: bool = True, restrict_head: bool = True,
-             ragged_prefill: bool = True, stats: dict | None = None) -> list[list[int]]:
+             ragged_prefill: bool = True, stats: dict | None = None, convention: str = "exact") -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; return the new tokens of each, stop token excluded.
 
     Token choice: among `allowed_token_ids`, or, with `pattern`, among pattern[i % len(pattern)] for the
@@ -44,8 +46,8 @@ def generate(model: QwenForCausalLM, prompts: Sequence[Sequence[int]], max_new_t
     `skip_forced`, a position whose set holds one token is appended without a forward pass and fed
     together with the next position. With `ragged_prefill` prompts of different lengths are prefilled
     in groups of equal length, so no padding is computed. `use_cache=False` recomputes the whole sequence at every step
-    (the reference the cache is tested against). `stats`, if given, receives forward_calls and the
-    FLOPs spent (`flops`, under stats['convention'], default exact; padding computed is counted).
+    (the reference the cache is tested against). `stats`, if given, receives `forward_calls` and the
+    FLOPs spent, `flops`, under `convention` (padding computed is counted).
     """
     device = model.device
     ids, mask = left_pad(prompts, pad_id, device)
@@ -62,7 +64,7 @@ def generate(model: QwenForCausalLM, prompts: Sequence[Sequence[int]], max_new_t
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stop = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)
     feed_ids, feed_mask = ids, mask  # tokens not yet seen by the model
-    counter = _FlopCounter(model, stats)
+    counter = _FlopCounter(model, stats, convention)
     for i in range(max_new_tokens):
         rule, head = rules[i % len(rules)], heads[i % len(rules)]
         if skip_forced and use_cache and rule is not None and len(rule) == 1:
@@ -157,12 +159,9 @@ def share_prefixes(prompts: Sequence[Sequence[int]]) -> dict[int, int]:
 class _FlopCounter:
     """Adds each forward call's FLOPs, from the model's own `flops()`, to a stats dict."""
 
-    def __init__(self, model, stats: dict | None):
-        self.model, self.stats = model, stats
+    def __init__(self, model, stats: dict | None, convention: str):
+        self.model, self.stats, self.convention = model, stats, get_convention(convention)
         if stats is not None:
-            from flops.conventions import get_convention
-
-            self.convention = get_convention(stats.get("convention", "exact"))
             stats.setdefault("forward_calls", 0)
             stats.setdefault("flops", 0.0)
 

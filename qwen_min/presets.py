@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .config import QwenConfig
 from .model import QwenForCausalLM, init_weights
+from .tokenizer import Tokenizer, number_tokenizer, tiny_tokenizer
 
 TINY_RANDOM = "tiny-random"
 
@@ -25,10 +26,8 @@ def is_preset(name) -> bool:
     return str(name) in PRESETS
 
 
-def preset_tokenizer(name: str):
-    from .tokenizer import number_tokenizer, tiny_tokenizer
-
-    return tiny_tokenizer() if name == TINY_RANDOM else number_tokenizer()
+def preset_tokenizer(name: str) -> Tokenizer:
+    return tiny_tokenizer(TINY_RANDOM) if name == TINY_RANDOM else number_tokenizer()
 
 
 def preset_config(name: str) -> QwenConfig:

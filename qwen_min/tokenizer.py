@@ -13,8 +13,6 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
 from .errors import LoadError
-from .hub import resolve_dir
-from .presets import TINY_RANDOM
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
 
@@ -65,7 +63,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def tiny_tokenizer() -> Tokenizer:
+def tiny_tokenizer(name: str = "tiny-random") -> Tokenizer:
     """A byte tokenizer: one token per byte (id = byte value) plus `<|endoftext|>` at 256. No merges,
     so like Qwen's every digit and punctuation mark is its own token."""
     vocab = {ch: b for b, ch in bytes_to_unicode().items()}
@@ -73,10 +71,10 @@ def tiny_tokenizer() -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(["<|endoftext|>"])
-    return Tokenizer(tok, TINY_RANDOM)
+    return Tokenizer(tok, name)
 
 
-NUMBER_SYMBOLS = "0123456789.,;"
+NUMBER_SYMBOLS = "0123456789.,;"  # every character of number text (data.text's format), each one token
 
 
 def number_tokenizer() -> Tokenizer:
@@ -91,13 +89,8 @@ def number_tokenizer() -> Tokenizer:
     return Tokenizer(tok, "numbers")
 
 
-def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
-    """Qwen's tokenizer from a directory holding tokenizer.json, a hub id, or a preset's tokenizer."""
-    from .presets import is_preset, preset_tokenizer
-
-    if is_preset(name_or_path):
-        return preset_tokenizer(str(name_or_path))
-    directory = resolve_dir(name_or_path)
+def read_tokenizer(directory: Path, name: str) -> Tokenizer:
+    """Qwen's tokenizer from `directory`/tokenizer.json, its end-of-text token from tokenizer_config.json."""
     path = directory / "tokenizer.json"
     if not path.is_file():
         raise LoadError(f"{directory}: no tokenizer.json (the tokenizer must be saved beside the model)")
@@ -113,4 +106,4 @@ def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
         except json.JSONDecodeError:
             eos = None
         eos = eos if isinstance(eos, str) and tok.token_to_id(eos) is not None else None
-    return Tokenizer(tok, str(name_or_path), eos)
+    return Tokenizer(tok, name, eos)

@@ -1,21 +1,23 @@
-"""Load and save models in the Hugging Face layout: config.json plus model.safetensors (or shards)."""
+"""Load and save models in the Hugging Face layout: config.json plus model.safetensors (or shards),
+tokenizer.json beside them; or make a preset's model, config and tokenizer on the fly."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from data.files import atomic_write, write_text
+
 from .config import QwenConfig
 from .errors import LoadError
 from .hub import resolve_dir
 from .model import QwenForCausalLM
-from .presets import is_preset, preset_config, preset_model
+from .presets import is_preset, preset_config, preset_model, preset_tokenizer
+from .tokenizer import Tokenizer, read_tokenizer
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -47,11 +49,24 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
+def device_and_dtype(device: str, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """Checked device and dtype; with no dtype given, bf16 on CUDA and fp32 elsewhere."""
+    dev = parse_device(device)
+    return dev, parse_dtype(dtype or ("bf16" if dev.type == "cuda" else "fp32"))
+
+
 def load_config(name_or_path: str | Path) -> QwenConfig:
     """The config alone (no weights read): for FLOPs planning on the meta device."""
     if is_preset(name_or_path):
         return preset_config(str(name_or_path))
     return QwenConfig.from_json(resolve_dir(name_or_path) / "config.json")
+
+
+def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
+    """Qwen's tokenizer from a directory holding tokenizer.json, a hub id, or a preset's tokenizer."""
+    if is_preset(name_or_path):
+        return preset_tokenizer(str(name_or_path))
+    return read_tokenizer(resolve_dir(name_or_path), str(name_or_path))
 
 
 def expected_shapes(config: QwenConfig) -> dict[str, tuple[int, ...]]:
@@ -143,20 +158,7 @@ def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.f
         model = QwenForCausalLM(config)
     model.load_state_dict(state, strict=not config.tie_word_embeddings, assign=True)
     model.tie_weights()
-    model.name_or_path = str(name_or_path)
     return model.eval()
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_pretrained(model: QwenForCausalLM, directory: str | Path, tokenizer=None) -> Path:
@@ -174,7 +176,7 @@ def save_state(config: QwenConfig, state: dict[str, torch.Tensor], directory: st
     hf_config = config.to_hf_dict()
     hf_config["torch_dtype"] = str(state["model.embed_tokens.weight"].dtype).removeprefix("torch.")
     atomic_write(directory / SINGLE_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    atomic_write(directory / "config.json", lambda p: Path(p).write_text(json.dumps(hf_config, indent=2) + "\n"))
+    write_text(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save(directory)
     return directory

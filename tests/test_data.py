@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from data import (DataError, decode, encode, ensure_data, load_series, make_splits, make_windows, prompt_and_target,
+from data import (DataError, decode, encode, load_series, make_splits, make_windows, prompt_and_target,
                   scale_for, write_series)
-from data.simulate import integrate, main as simulate_main, simulate, summary
+from data.simulate import ensure_data, integrate, main as simulate_main, simulate, summary
 from data.windows import tokenize_series
 
 from .conftest import QWEN_TOKENIZER, ROOT, needs_qwen_tokenizer

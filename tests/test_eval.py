@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import eval as evaluation
+from experiment import forecast
+from experiment.scoring import score
 from data import step_pattern, write_series
 from data.baselines import ode_fit, persistence
 from data.simulate import integrate
@@ -129,7 +131,7 @@ def test_mae_by_hand():
     pred = np.zeros((2, 3, 2))
     pred[0, :, 0] = [1, 2, 3]  # system 0 prey off by 1, 2, 3
     pred[1, 2, 1] = -4  # system 1 predator off by 4 at the last step
-    s = evaluation.score(pred, true, alpha=2.0)
+    s = score(pred, true, alpha=2.0)
     # scaled errors: prey 0.5, 1, 1.5 (system 0); predator 2 (system 1, step 3); 12 values in all
     assert s["mae"] == pytest.approx((0.5 + 1 + 1.5 + 2) / 12)
     assert s["mae_by_step"] == pytest.approx([0.5 / 4, 1 / 4, (1.5 + 2) / 4])
@@ -164,21 +166,21 @@ def test_stopped_run_charges_the_batches_it_generated(series_file, tmp_path, mon
     assert evaluation.main(argv("whole.json", "whole")) == 0
     whole = Ledger.open(tmp_path / "whole.json").total
 
-    calls, real_generate = [], evaluation.generate
+    calls, real_generate = [], forecast.generate
 
     def stop_on_second(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real_generate(*args, **kwargs)
-    monkeypatch.setattr(evaluation, "generate", stop_on_second)
+    monkeypatch.setattr(forecast, "generate", stop_on_second)
     assert evaluation.main(argv("stopped.json", "stopped")) == 130
     assert "stopped: no results written" in capsys.readouterr().err
     assert not (tmp_path / "stopped").exists()
     first = Ledger.open(tmp_path / "stopped.json").total
     assert 0 < first < whole
 
-    monkeypatch.setattr(evaluation, "generate", real_generate)
+    monkeypatch.setattr(forecast, "generate", real_generate)
     assert evaluation.main(argv("stopped.json", "stopped")) == 0
     assert Ledger.open(tmp_path / "stopped.json").total == pytest.approx(whole)
     assert json.loads((tmp_path / "stopped" / "results.json").read_text())["flops"] == pytest.approx(whole)

@@ -81,15 +81,15 @@ def test_budget_too_small_is_refused_up_front(series_file, tmp_path):
 
 def test_ctrl_c_in_a_training_run_stops_the_plan(series_file, tmp_path, monkeypatch, capsys):
     """A run stopped by Ctrl-C returns its summary (checkpointed); the plan stops there instead of going on."""
+    import experiment.plan
     import reproduce
-    import train
 
     started = []
 
     def interrupted_run(a):
         started.append(a.name)
         return {"name": a.name, "complete": False, "stopped": "interrupted at step 3", "interrupted": True}
-    monkeypatch.setattr(train, "train", interrupted_run)
+    monkeypatch.setattr(experiment.plan, "train", interrupted_run)
     out = tmp_path / "plan"
     assert reproduce.main(plan_args(series_file, out)[1:]) == 130
     assert "stopped: the same command continues from here" in capsys.readouterr().err

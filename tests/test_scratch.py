@@ -9,6 +9,8 @@ import torch
 
 import eval as evaluation
 import train
+from experiment.batches import prepare_data
+from experiment.trainer import build_model
 from flops import EXACT, Ledger
 from qwen_min import load_pretrained, load_tokenizer
 
@@ -48,9 +50,9 @@ def test_full_training_on_fresh_systems_then_eval(series_file, tmp_path):
     assert metrics[0]["lr"] == pytest.approx(1e-3) and metrics[-1]["lr"] < 1e-4  # warm-up, then cosine decay
 
     # every weight trains: the ledger pays the full backward, twice each linear layer's forward matmuls
-    a = train.args_for_run(argv)
-    prep = train.prepare_data(a, load_tokenizer("scratch-1m"))
-    model = train.build_model(a, torch.device("cpu"), torch.float32, a.seed)
+    a = train.settings_from_argv(argv)
+    prep = prepare_data(a, load_tokenizer("scratch-1m"))
+    model = build_model(a, torch.device("cpu"), torch.float32, a.seed)
     cost = model.flops(256, EXACT)
     assert cost.backward >= 2 * cost.matmul
     expected = 0.0

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from experiment.batches import batch_indices, prepare_data
+from experiment.trainer import build_model
 from flops import EXACT, Ledger
 
 from .conftest import ROOT
@@ -42,15 +44,15 @@ def test_training_lowers_validation_loss_and_charges_exact_flops(series_file, tm
     assert set(metrics[0]) == {"step", "train_loss", "val_loss", "lr", "tokens", "flops", "seconds"}
 
     # the FLOPs the ledger holds are exactly what `flops` computes for those batches and validations
-    a = train.args_for_run(argv)
+    a = train.settings_from_argv(argv)
     from qwen_min import load_tokenizer
 
-    prep = train.prepare_data(a, load_tokenizer("tiny-random"))
-    model = train.build_model(a, torch.device("cpu"), torch.float32, a.seed)
+    prep = prepare_data(a, load_tokenizer("tiny-random"))
+    model = build_model(a, torch.device("cpu"), torch.float32, a.seed)
     n = len(prep.windows["labels"])
     expected = 0.0
     for step in range(1, 201):
-        labels = prep.windows["labels"][train.batch_indices(step, 4, n, a.seed)]
+        labels = prep.windows["labels"][batch_indices(step, 4, n, a.seed)]
         for k in (labels[:, 1:] != -100).sum(1).tolist():
             expected += model.flops(128, EXACT, head_positions=k).training
     expected += 4 * sum(model.flops(len(ids), EXACT, head_positions=len(ids) - 1).forward for ids in prep.val_ids)
@@ -169,3 +171,17 @@ def test_other_settings_in_a_run_folder_are_refused(series_file, tmp_path, capsy
     assert train.main(argv) == 0
     assert train.main([*argv, "--lr", "0.5"]) == 2
     assert "holds a run with other settings (lr: 0.0001 there, 0.5 now)" in capsys.readouterr().err
+
+
+def test_resume_reads_abbreviated_flags_as_given(series_file, tmp_path, capsys):
+    """argparse accepts `--max 4` for `--max-steps 4`: resume must see it as given, not let the saved value win;
+    and an abbreviated defining flag (`--drop` for `--dropout`) is refused like the full one."""
+    out = tmp_path / "run"
+    assert train.main(base_args(series_file, tmp_path, "--max-steps", "2", "--eval-every", "2", "--out", str(out))) == 0
+    assert train.main(["--resume", str(out), "--max", "4", "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+    assert json.loads((out / "config.json").read_text())["max_steps"] == 4
+    capsys.readouterr()
+    assert train.main(["--resume", str(out), "--drop", "0.2", "--max", "6", "--quiet"]) == 2
+    assert "holds a run with other settings (dropout: 0.0 there, 0.2 now)" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4

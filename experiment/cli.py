@@ -1,0 +1,93 @@
+"""The command line over the settings dataclasses: one flag per field (`--batch-size` for
+`batch_size`), its help and default taken from the field, and one way to turn a user's mistake into
+one line and exit status 2.
+
+Parsers leave every flag the user did not give out of the namespace (argparse.SUPPRESS), so the
+dataclass holds the only defaults and `given(ns)` is exactly what was typed, abbreviations included
+(`--max 5` is `--max-steps 5`): what `--resume` lets override the saved run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+
+from data import DataError
+from flops import BudgetExceeded
+from flops.ledger import LedgerError
+from qwen_min import LoadError
+
+from .plan import reproduce
+from .settings import PlanSettings, UsageError
+
+USER_ERRORS = (UsageError, LoadError, DataError, LedgerError, BudgetExceeded)
+
+
+def add_settings(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """One argument per field of the settings dataclass `cls` (except `skip`)."""
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        default = f.default if f.default is not MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        shown = "" if default is None or default is False or default == [] else f" (default: {show(default)})"
+        kw = {"help": meta.get("help", "") + shown, "default": argparse.SUPPRESS, "dest": f.name}
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", **kw)
+            continue
+        kw["type"] = meta.get("type") or type(default)
+        if meta.get("choices"):
+            kw["choices"] = meta["choices"]
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        if meta.get("flag") == "append":
+            kw["action"] = "append"
+        elif isinstance(default, list):
+            kw["nargs"] = meta.get("nargs") or "+"
+        p.add_argument(flag, **kw)
+    return p
+
+
+def show(default) -> str:
+    return " ".join(map(str, default)) if isinstance(default, list) else str(default)
+
+
+def given(ns: argparse.Namespace) -> dict:
+    """The flags the user gave, as settings fields (a parser built by `add_settings` holds no defaults)."""
+    return dict(vars(ns))
+
+
+def run(work: Callable[[], object], interrupted: str | None = None) -> int:
+    """Call `work`; a user's mistake is one line on stderr and exit status 2, Ctrl-C prints `interrupted`
+    (when given) and exits 130. Returns 0 otherwise."""
+    try:
+        work()
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        print(interrupted, file=sys.stderr)
+        return 130
+    return 0
+
+
+def plan_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=PlanSettings.__doc__,
+                                epilog="example: python reproduce.py --model tiny-random --budget 1e13 "
+                                       "--out runs/report-tiny")
+    return add_settings(p, PlanSettings)
+
+
+def plan_main(argv: list[str], prog: str) -> int:
+    """The plan from the command line (`python reproduce.py`, `python train.py plan`): prints report.md."""
+    a = PlanSettings(**given(plan_parser(prog).parse_args(argv)))
+
+    def work():
+        print(reproduce(a).read_text())
+    return run(work, "stopped: the same command continues from here (finished stages are read back, a stopped "
+                     "training run resumes from its checkpoint, nothing is charged twice)")

@@ -1,0 +1,232 @@
+"""Forecasts of a split's systems by the language model (under the number grammar) and by the
+baselines, scored and written out: the work of eval.py.
+
+    results = evaluate(EvalSettings(model="tiny-random", limit=8, out="runs/eval-tiny"))
+
+For each context length the first `ctx` steps of each system are written as text (ending with ';'),
+the model continues them for `horizon` steps, and the forecast is scored against the truth. Writes
+results.json, results.md, mae_vs_horizon.png, forecasts.png and forecasts.npz to the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import lora
+from data import decode, make_splits, prompt, scale_for, step_pattern
+from data.baselines import ode_fit, persistence
+from data.files import atomic_write, write_text
+from data.simulate import ensure_data
+from flops import Convention, Ledger, get_convention
+from qwen_min import device_and_dtype, generate, load_pretrained, load_tokenizer
+
+from .costs import generation_bound
+from .report import plot_forecasts, plot_horizon, results_markdown
+from .scoring import score_methods
+from .settings import EvalSettings, UsageError
+
+
+@dataclass
+class Selection:
+    """The systems an evaluation forecasts: their indices in the file, values (systems, points, 2) in
+    original units, the time axis, and the split's scale alpha."""
+
+    systems: list[int]
+    values: np.ndarray
+    time: np.ndarray
+    alpha: float
+
+
+def select(s: EvalSettings) -> Selection:
+    """The split's first `limit` systems, after checking the settings against the file."""
+    series = ensure_data(s.data)
+    s.check(series.points)
+    split = make_splits(series.systems, seed=s.split_seed)[s.split]
+    alpha = scale_for(series.trajectories[split])
+    systems = split[: s.limit] if s.limit else split
+    return Selection(systems, series.trajectories[systems].astype(np.float64), series.time, alpha)
+
+
+def resolve_adapter(path: str) -> Path:
+    """An adapter directory, or the adapter_best/ of a train.py run directory."""
+    p = Path(path)
+    if (p / "adapter_config.json").is_file():
+        return p
+    if (p / "adapter_best" / "adapter_config.json").is_file():
+        return p / "adapter_best"
+    raise UsageError(f"--adapter {path}: no adapter_config.json there (nor in {p / 'adapter_best'})")
+
+
+def adapter_label(path: Path) -> str:
+    """`model+<run>` for a run's adapter_best/ or adapter_last/, else `model+<folder>`."""
+    return "model+" + (path.parent.name if path.name in ("adapter_best", "adapter_last") else path.name)
+
+
+# --- the language model ----------------------------------------------------------------------------
+
+def forecast_model(model, tok, values: np.ndarray, s: EvalSettings, alpha: float, convention: Convention,
+                   bar=None, charge=None) -> tuple[dict, dict, float]:
+    """Forecasts {ctx: (systems, horizon, 2)} in original units (the median of the samples), steps that
+    failed to parse {ctx: count}, and the FLOPs spent.
+
+    Each generation batch holds `batch_size` systems with every context and every sample, so a
+    system's shorter contexts and repeated samples share the prefill of its longest prompt.
+    `charge(first, end, flops)` is called after each batch with the FLOPs it spent on systems
+    first..end-1, so a run stopped part-way has charged what it computed.
+    """
+    pattern = [[tok.token_id(ch) for ch in chars] for chars in step_pattern(s.decimals)]
+    gen = torch.Generator().manual_seed(s.seed)
+    preds = {ctx: [] for ctx in s.contexts}
+    failed = {ctx: 0 for ctx in s.contexts}
+    spent = 0.0
+    for start in range(0, len(values), s.batch_size):
+        batch = values[start:start + s.batch_size]
+        jobs = [(v, ctx) for v in batch for ctx in s.contexts]
+        prompts = [tok.encode(prompt(v, ctx, alpha, s.decimals)) for v, ctx in jobs for _ in range(s.samples)]
+        stats = {}
+        out = generate(model, prompts, s.horizon * len(pattern), pad_id=tok.pad_id or 0, pattern=pattern,
+                       temperature=s.temperature, generator=gen, stats=stats, convention=convention.name)
+        spent += stats["flops"]
+        if charge is not None:
+            charge(start, start + len(batch), stats["flops"])
+        for j, (v, ctx) in enumerate(jobs):
+            samples = [parse_forecast(tok.decode(ids), v, ctx, s, alpha, failed)
+                       for ids in out[j * s.samples:(j + 1) * s.samples]]
+            preds[ctx].append(np.median(np.stack(samples), axis=0))
+        if bar is not None:
+            bar.update(len(batch))
+    return ({ctx: np.stack(p) for ctx, p in preds.items()},
+            {ctx: f // s.samples for ctx, f in failed.items()}, spent)
+
+
+def parse_forecast(text: str, v: np.ndarray, ctx: int, s: EvalSettings, alpha: float, failed: dict) -> np.ndarray:
+    """Generated text -> (horizon, 2) in original units; steps that did not parse are counted in
+    failed[ctx] and filled with the last good step (none can fail under the grammar)."""
+    steps, report = decode(text, alpha, s.decimals)
+    failed[ctx] += s.horizon - min(report.recovered, s.horizon)
+    steps = steps[:s.horizon]
+    if len(steps) < s.horizon:
+        fill = steps[-1:] if len(steps) else v[ctx - 1:ctx]
+        steps = np.concatenate([steps, np.repeat(fill, s.horizon - len(steps), 0)])
+    return steps
+
+
+def forecast_language_models(s: EvalSettings, sel: Selection, adapters: list[Path], tok, ledger: Ledger, bar,
+                             device: torch.device, dtype: torch.dtype):
+    """({label: forecasts}, {label: failed steps}, {label: FLOPs}) for the untuned model (unless
+    --no-base) and each adapter, each charged to the ledger batch by batch, each refused before any
+    FLOP if the ledger can't pay for its bound."""
+    convention = get_convention(ledger.convention)
+    forecasts, failed, flops = {}, {}, {}
+    for label, adapter in ([] if (adapters and s.no_base) else [("model", None)]) + [
+            (adapter_label(p), p) for p in adapters]:
+        model = load_pretrained(s.model, dtype=dtype, device=device)
+        if adapter is not None:
+            lora.load_adapter(model, adapter)
+        need = generation_bound(model, tok, sel.values, s, sel.alpha, convention)
+        if not ledger.can_afford(need):
+            raise UsageError(f"{s.ledger}: evaluating {label} needs up to {need:.3e} FLOPs, "
+                             f"{ledger.refresh().remaining:.3e} remain")
+        key = f"{label}|{adapter}|ctx{'+'.join(map(str, s.contexts))}|{s.split}|{len(sel.values)}|s{s.samples}"
+
+        def charge(first, end, spent, key=key):  # one key per batch: a re-run charges only what was not
+            ledger.charge(s.ledger_name, "eval", spent, tokens=0, steps=0, key=f"{key}|systems{first}-{end}")
+        forecasts[label], failed[label], flops[label] = forecast_model(model, tok, sel.values, s, sel.alpha,
+                                                                       convention, bar, charge)
+        del model
+    return forecasts, failed, flops
+
+
+# --- baselines -------------------------------------------------------------------------------------
+
+def _fit_one(job):
+    time, series, ctxs, horizon, model, seed = job
+    out, warm = {}, None
+    for ctx in sorted(ctxs):
+        out[ctx], params = ode_fit(time, series[:ctx], horizon, model=model, warm=warm, seed=seed)
+        warm = params if model == "rosenzweig-macarthur" else None
+    return out
+
+
+def forecast_ode(time, values, s: EvalSettings, bar=None) -> dict[int, np.ndarray]:
+    """The ODE fit's forecasts {ctx: (systems, horizon, 2)}, systems spread over `workers` processes."""
+    jobs = [(time, v.astype(np.float64), s.contexts, s.horizon, s.ode_model, s.seed) for v in values]
+    workers = os.cpu_count() if s.workers is None else s.workers
+    results = []
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for r in pool.map(_fit_one, jobs):
+                results.append(r)
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for job in jobs:
+            results.append(_fit_one(job))
+            if bar is not None:
+                bar.update(1)
+    return {ctx: np.stack([r[ctx] for r in results]) for ctx in s.contexts}
+
+
+def forecast_baselines(s: EvalSettings, sel: Selection, bar) -> dict:
+    forecasts = {"persistence": {ctx: np.stack([persistence(v[:ctx], s.horizon) for v in sel.values])
+                                 for ctx in s.contexts}}
+    if not s.no_ode_fit:
+        forecasts["ode_fit"] = forecast_ode(sel.time, sel.values, s, bar)
+    return forecasts
+
+
+# --- the whole evaluation --------------------------------------------------------------------------
+
+def evaluate(s: EvalSettings) -> dict:
+    """Forecast, score and write every output; returns results.json's content."""
+    sel = select(s)
+    adapters = [resolve_adapter(p) for p in s.adapter]
+    device, dtype = device_and_dtype(s.device, s.dtype)
+    tok = load_tokenizer(s.model)
+    ledger = Ledger.use(s.ledger, s.budget, s.convention)
+    n_models = len(adapters) + (0 if (adapters and s.no_base) else 1)
+    bar = None if s.quiet else tqdm(total=n_models * len(sel.values) + (0 if s.no_ode_fit else len(sel.values)),
+                                    desc="systems", dynamic_ncols=True)
+    try:
+        forecasts, failed, flops = forecast_language_models(s, sel, adapters, tok, ledger, bar, device, dtype)
+        forecasts.update(forecast_baselines(s, sel, bar))
+    finally:
+        if bar is not None:
+            bar.close()
+    truth = {ctx: sel.values[:, ctx:ctx + s.horizon] for ctx in s.contexts}
+    results = {"data": str(s.data), "split": s.split, "split_seed": s.split_seed, "systems": list(map(int, sel.systems)),
+               "alpha": sel.alpha, "contexts": s.contexts, "horizon": s.horizon, "model": s.model,
+               "adapters": [str(p) for p in adapters],
+               "decoding": {"samples": s.samples, "temperature": s.temperature,
+                            "grammar": "".join(c if len(c) == 1 else "D" for c in step_pattern(s.decimals))},
+               "convention": ledger.convention, "flops": sum(flops.values()),
+               "methods": score_methods(forecasts, truth, sel.alpha, s.contexts, failed, flops)}
+    write_results(s, sel, results, forecasts)
+    return results
+
+
+def save_npz(path: str, arrays: dict) -> None:
+    with open(path, "wb") as f:  # a file object: numpy would add ".npz" to a bare temporary name
+        np.savez_compressed(f, **arrays)
+
+
+def write_results(s: EvalSettings, sel: Selection, results: dict, forecasts: dict) -> None:
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    arrays = {"systems": np.asarray(sel.systems), "time": sel.time,
+              **{f"truth|{ctx}": sel.values[:, :ctx + s.horizon] for ctx in s.contexts},
+              **{f"{m}|{ctx}": fc[ctx] for m, fc in forecasts.items() for ctx in s.contexts}}
+    atomic_write(out / "forecasts.npz", lambda tmp: save_npz(tmp, arrays))
+    write_text(out / "results.md", results_markdown(results))
+    plot_horizon(results, out / "mae_vs_horizon.png")
+    plot_forecasts(sel.values, sel.time, forecasts, sel.systems, s.plot_systems, s.contexts, s.horizon,
+                   out / "forecasts.png")

@@ -1,0 +1,200 @@
+"""What a person reads: the tables (Markdown) and figures of a run, an evaluation, the sweep and the
+plan. Every function takes the numbers it shows and writes files; nothing here computes a result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+from data.files import atomic_write, write_text  # noqa: E402
+from flops import Ledger  # noqa: E402
+from flops.report import component_table, format_table  # noqa: E402
+
+from .costs import meta_model  # noqa: E402
+from .scoring import SPECIES  # noqa: E402
+
+
+def save_figure(fig, path: Path, dpi: int) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    plt.close(fig)
+
+
+# --- a training run --------------------------------------------------------------------------------
+
+def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
+    """Training loss per step and validation loss per pass (nats/token) against the step."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [m["step"] for m in metrics]
+    ax.plot(steps, [m["train_loss"] for m in metrics], lw=0.8, alpha=0.7, label="train (per step)")
+    val = [(m["step"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None]
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path, 120)
+
+
+# --- the lr x rank grid ----------------------------------------------------------------------------
+
+def grid_table(lrs, ranks, value: Callable[[int, float], float | None]) -> list[str]:
+    """Markdown rows of the report's Table 4: one row per learning rate, one column per rank,
+    `value(rank, lr)` in each cell ('-' where None)."""
+    lines = ["| learning rate | " + " | ".join(f"rank {r}" for r in ranks) + " |", "| --- |" + " ---: |" * len(ranks)]
+    for lr in lrs:
+        cells = [value(r, lr) for r in ranks]
+        lines.append(f"| {lr:g} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + " |")
+    return lines
+
+
+def sweep_markdown(lrs, ranks, max_steps: int, fraction: float, value, best: dict | None) -> str:
+    """sweep.md: validation loss per lr x rank, and the best cell."""
+    table = ("Validation loss (best over the run, nats/token) per learning rate x LoRA rank, "
+             f"{max_steps} steps on {fraction:.0%} of the training systems.\n\n"
+             + "\n".join(grid_table(lrs, ranks, value)) + "\n")
+    if best:
+        table += f"\nBest: rank {best['rank']}, learning rate {best['lr']:g} (validation loss {best['best_val_loss']:.4f}).\n"
+    return table
+
+
+# --- an evaluation ---------------------------------------------------------------------------------
+
+def results_markdown(results: dict) -> str:
+    """results.md: MAE per context, combined, per species, failed steps and FLOPs, a row per method."""
+    ctxs = results["contexts"]
+    lines = ["| method | " + " | ".join(f"MAE ctx {c}" for c in ctxs) + " | combined MAE | prey | predator | failed steps | FLOPs |",
+             "| --- |" + " ---: |" * (len(ctxs) + 5)]
+    for method, r in results["methods"].items():
+        per = r["contexts"]
+        prey = np.mean([per[str(c)]["mae_by_species"]["prey"] for c in ctxs])
+        pred = np.mean([per[str(c)]["mae_by_species"]["predator"] for c in ctxs])
+        failed = sum(per[str(c)]["failed_steps"] for c in ctxs)
+        lines.append(f"| {method} | " + " | ".join(f"{per[str(c)]['mae']:.4f}" for c in ctxs)
+                     + f" | **{r['combined_mae']:.4f}** | {prey:.4f} | {pred:.4f} | {failed} | {r.get('flops', 0.0):.3g} |")
+    return ("MAE in scaled units (values / alpha, alpha = " + f"{results['alpha']:.4f}), "
+            f"{results['horizon']} steps, {len(results['systems'])} {results['split']} systems of {results['data']}.\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def plot_horizon(results: dict, path: Path) -> None:
+    """MAE against steps ahead, a panel per species and context, a line per method."""
+    ctxs = results["contexts"]
+    fig, axes = plt.subplots(2, len(ctxs), figsize=(5 * len(ctxs), 7), squeeze=False, sharex=True)
+    steps = np.arange(1, results["horizon"] + 1)
+    for j, c in enumerate(ctxs):
+        for i, s in enumerate(SPECIES):
+            ax = axes[i, j]
+            for method, r in results["methods"].items():
+                ax.plot(steps, r["contexts"][str(c)]["mae_by_step_species"][s], marker=".", label=method)
+            ax.set_title(f"{s}, context {c}")
+            ax.set_ylabel("MAE (scaled units)")
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("steps ahead")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, 110)
+
+
+def plot_forecasts(values, time, forecasts: dict, systems: list[int], picks: list[int], ctxs, horizon, path: Path) -> None:
+    """Truth and every method's forecast for the systems at positions `picks`, a panel per context."""
+    picks = [p for p in picks if 0 <= p < len(values)] or [0]
+    fig, axes = plt.subplots(len(picks), len(ctxs), figsize=(6 * len(ctxs), 3.2 * len(picks)), squeeze=False)
+    for r, pos in enumerate(picks):
+        for c, ctx in enumerate(ctxs):
+            ax = axes[r, c]
+            for i, (s, colour) in enumerate(zip(SPECIES, ("tab:blue", "tab:red"))):
+                ax.plot(time[:ctx + horizon], values[pos, :ctx + horizon, i], color=colour, lw=1.5, label=f"{s} (truth)")
+                for k, (method, fc) in enumerate(forecasts.items()):
+                    ax.plot(time[ctx:ctx + horizon], fc[ctx][pos, :, i], ls=("--", ":", "-.", (0, (1, 3)))[k % 4],
+                            color=colour, alpha=0.8, label=f"{s} ({method})")
+            ax.axvline(time[ctx - 1], color="grey", lw=0.8)
+            ax.set_title(f"system {systems[pos]}, context {ctx}")
+            ax.set_xlabel("time")
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path, 110)
+
+
+# --- the plan --------------------------------------------------------------------------------------
+
+def model_method(results: dict) -> dict:
+    """The language model's entry of an evaluation's methods (`model`, or `model+<adapter>`)."""
+    return next(v for k, v in results["methods"].items() if k.startswith("model"))
+
+
+def plan_report(a, out: Path, ledger: Ledger, config, choice: dict, evals: dict, folders: dict) -> Path:
+    """report.md of the plan with settings `a` in `out`: Tables 3-5, the forecast MAE of the three
+    models with the baselines, and the figures."""
+    best = choice["best_setting"]
+    table3 = format_table(component_table(meta_model(config, rank=best["rank"]), a.chunk, ledger.convention),
+                          ledger.convention, a.chunk)
+    grid_lines = grid_table(a.lrs, a.ranks, lambda r, lr: choice["grid"].get(f"grid-r{r}-lr{lr:g}"))
+    mae_lines = ["| model | " + " | ".join(f"MAE ctx {c}" for c in a.ctx) + " | combined MAE |",
+                 "| --- |" + " ---: |" * (len(a.ctx) + 1)]
+    baselines = next((e for e in (evals["tuned LoRA"], evals["default LoRA"], evals["untuned"]) if e), None)
+    rows = [(label, model_method(e)) for label, e in evals.items() if e]
+    if baselines:
+        rows += [(m, baselines["methods"][m]) for m in ("persistence", "ode_fit") if m in baselines["methods"]]
+    for label, m in rows:
+        mae_lines.append(f"| {label} | " + " | ".join(f"{m['contexts'][str(c)]['mae']:.4f}" for c in a.ctx)
+                         + f" | **{m['combined_mae']:.4f}** |")
+    figures = plan_figures(a, out, evals, folders)
+    text = [f"# Experiment plan: {a.model}", "",
+            f"Budget {a.budget:.3e} FLOPs ({ledger.convention} convention), shares {a.shares}; "
+            f"used {ledger.total:.3e} ({ledger.total / ledger.budget:.2%}). Data `{a.data}`; runs and outputs in this folder.", "",
+            f"## Table 3: FLOPs per component, one sequence of {a.chunk} tokens (LoRA rank {best['rank']})", "",
+            "```", table3, "```", "",
+            "## Table 4: validation loss per learning rate and LoRA rank", "",
+            f"{a.grid_fraction:.0%} of the training systems; best over each run, nats/token.", "", *grid_lines, "",
+            f"Chosen: rank {best['rank']}, learning rate {best['lr']:g} (validation loss {best['val_loss']:.4f}); chunk sizes "
+            + ", ".join(f"{c}: {'-' if v is None else f'{v:.4f}'}" for c, v in choice["chunks"].items())
+            + f", so chunk {choice['best_chunk']}. The rule and numbers are in `choice.json`.", "",
+            "## Table 5: FLOPs per experiment", "", ledger.table(), "",
+            "## Forecast MAE (scaled units, 20 steps)", "", *mae_lines, "",
+            "Per-model details: " + ", ".join(f"[{k}]({v}/results.md)" for k, v in folders.items() if evals.get(k)) + ".", "",
+            "## Figures", ""]
+    for caption, path in figures:
+        text += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+    return write_text(out / "report.md", "\n".join(text))
+
+
+def plan_figures(a, out: Path, evals: dict, folders: dict) -> list[tuple[str, str]]:
+    """The three models compared (MAE against horizon; forecasts against truth), from saved forecasts."""
+    present = {k: v for k, v in evals.items() if v}
+    if not present:
+        return []
+    first = next(iter(present.values()))
+    methods = {label: model_method(e) for label, e in present.items()}
+    for m in ("persistence", "ode_fit"):
+        if m in first["methods"]:
+            methods[m] = first["methods"][m]
+    plot_horizon({"contexts": first["contexts"], "horizon": first["horizon"], "methods": methods},
+                 out / "mae_vs_horizon.png")
+    figures = [("MAE against steps ahead, per species and context: the three models and the baselines", "mae_vs_horizon.png")]
+    forecasts, saved = {}, None
+    for label, folder in folders.items():
+        path = out / folder / "forecasts.npz"
+        if label in present and path.exists():
+            saved = np.load(path)
+            key = next(k.split("|")[0] for k in saved.files if k.startswith("model"))
+            forecasts[label] = {c: saved[f"{key}|{c}"] for c in first["contexts"]}
+    if forecasts:
+        values = saved[f"truth|{max(first['contexts'])}"]
+        plot_forecasts(values, saved["time"], forecasts, list(saved["systems"]), a.plot_systems, first["contexts"],
+                       first["horizon"], out / "forecasts_compared.png")
+        figures.append(("Forecasts against the truth for chosen validation systems, the three models overlaid",
+                        "forecasts_compared.png"))
+    for label, folder in folders.items():
+        if label in present:
+            figures.append((f"{label}: MAE against steps ahead with the baselines", f"{folder}/mae_vs_horizon.png"))
+    return figures
