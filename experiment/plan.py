@@ -206,9 +206,11 @@ def reproduce(a: PlanSettings) -> Path:
     do_train(plan, "stage 5", final_name, best_rank, best_lr, best_chunk, 1.0, final_steps)
     final_eval = do_eval(plan, "stage 5", "eval-final", plan.out / final_name / "adapter_best", best_rank)
 
-    return plan_report(a, plan.out, Ledger.open(plan.ledger_path), plan.config, choice,
-                       {"untuned": untuned, "default LoRA": default_eval, "tuned LoRA": final_eval},
-                       {"untuned": "eval-untuned", "default LoRA": "eval-default", "tuned LoRA": "eval-final"})
+    report = plan_report(a, plan.out, Ledger.open(plan.ledger_path), plan.config, choice,
+                         {"untuned": untuned, "default LoRA": default_eval, "tuned LoRA": final_eval},
+                         {"untuned": "eval-untuned", "default LoRA": "eval-default", "tuned LoRA": "eval-final"})
+    say(f"report: {report}")
+    return report
 
 
 def search(plan: Plan, numbers: dict) -> dict:
