@@ -46,38 +46,65 @@ def _rm_with_sensitivities(t, z, a, b, g, K, c, h):
     return np.concatenate([f, (Jz @ S + Jp).ravel()])
 
 
-def solve_ivp(*args, **kwargs):
-    """scipy's solve_ivp without its warnings: a trial parameter set the integrator can't follow is
-    an unsuccessful solution, which the fit scores as a bad start, not a message for the user."""
+class OutOfEvaluations(Exception):
+    """A fit used up its evaluations of the right-hand side (raised from inside the integrator, so
+    no integration can run on without bound, however stiff the trial parameters make it)."""
+
+
+class Evaluations:
+    """What a fit may still spend: calls of the ODE's right-hand side. A count, not seconds, so the
+    bound and the result are the same on every machine (about 30,000 calls per second here)."""
+
+    def __init__(self, limit: float):
+        self.left = limit
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise OutOfEvaluations
+
+
+UNBOUNDED = float("inf")
+
+
+def solve_ivp(fun, *args, evaluations: Evaluations | None = None, **kwargs):
+    """scipy's solve_ivp without its warnings (a trial parameter set the integrator can't follow is
+    an unsuccessful solution, which the fit scores as a bad start, not a message for the user),
+    each call of `fun` spent from `evaluations`."""
+    budget = evaluations or Evaluations(UNBOUNDED)
+
+    def counted(t, z, *a):
+        budget.spend()
+        return fun(t, z, *a)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _solve_ivp(*args, **kwargs)
+        return _solve_ivp(counted, *args, **kwargs)
 
 
-def _rm_solve(p: np.ndarray, t: np.ndarray, sensitivities: bool):
+def _rm_solve(p: np.ndarray, t: np.ndarray, sensitivities: bool, evaluations: Evaluations | None = None):
     a, b, g, K, c, h, x0, y0 = p
     if sensitivities:
         S0 = np.zeros((2, 8))
         S0[0, 6] = S0[1, 7] = 1.0
         z0 = np.concatenate([[x0, y0], S0.ravel()])
         sol = solve_ivp(_rm_with_sensitivities, (t[0], t[-1]), z0, t_eval=t, args=(a, b, g, K, c, h),
-                        method="LSODA", rtol=1e-7, atol=1e-9)
+                        method="LSODA", rtol=1e-7, atol=1e-9, evaluations=evaluations)
     else:
         def f(_, z):
             x, y = z
             P = b * x * y / (1 + h * x)
             return [a * x * (1 - x / K) - P, c * P - g * y]
-        sol = solve_ivp(f, (t[0], t[-1]), [x0, y0], t_eval=t, method="LSODA", rtol=1e-7, atol=1e-9)
+        sol = solve_ivp(f, (t[0], t[-1]), [x0, y0], t_eval=t, method="LSODA", rtol=1e-7, atol=1e-9, evaluations=evaluations)
     return sol
 
 
-def _classical_solve(p: np.ndarray, t: np.ndarray):
+def _classical_solve(p: np.ndarray, t: np.ndarray, evaluations: Evaluations | None = None):
     a, b, g, c, x0, y0 = p
 
     def f(_, z):
         x, y = z
         return [a * x - b * x * y, c * b * x * y - g * y]
-    return solve_ivp(f, (t[0], t[-1]), [x0, y0], t_eval=t, method="LSODA", rtol=1e-7, atol=1e-9)
+    return solve_ivp(f, (t[0], t[-1]), [x0, y0], t_eval=t, method="LSODA", rtol=1e-7, atol=1e-9, evaluations=evaluations)
 
 
 def _starts(model: str, context: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -92,14 +119,17 @@ def _starts(model: str, context: np.ndarray, n: int, rng: np.random.Generator) -
 
 
 def ode_fit(time: np.ndarray, context: np.ndarray, horizon: int, model: str = "rosenzweig-macarthur",
-            starts: int = 8, warm: np.ndarray | None = None, seed: int = 0, tol: float = 1e-6
-            ) -> tuple[np.ndarray, np.ndarray]:
+            starts: int = 8, warm: np.ndarray | None = None, seed: int = 0, tol: float = 1e-6,
+            max_evaluations: float = UNBOUNDED) -> tuple[np.ndarray, np.ndarray]:
     """Fit to `context` (ctx, 2) observed at time[:ctx]; return (forecast (horizon, 2), fitted parameters).
 
     Tries `warm` (e.g. the fit on a shorter context) first, then `starts` points; stops as soon as
-    the RMS residual is below `tol` times the data's scale. Never raises: a failed fit falls back to
+    the RMS residual is below `tol` times the data's scale, or when the search has called the ODE's
+    right-hand side `max_evaluations` times: the best fit so far is kept. The forecast's integration
+    may spend as many again. Never raises: a failed fit (or none within the bound) falls back to
     persistence (parameters NaN).
     """
+    evaluations = Evaluations(max_evaluations)
     ctx = len(context)
     t_fit, t_all = time[:ctx], time[:ctx + horizon]
     scale = max(float(np.abs(context).max()), 1e-9)
@@ -110,12 +140,15 @@ def ode_fit(time: np.ndarray, context: np.ndarray, horizon: int, model: str = "r
         theta0 = np.log(np.maximum(p0, 1e-6))
         try:
             if model == "rosenzweig-macarthur":
-                fit = least_squares(_rm_residuals, theta0, jac=_rm_jacobian, args=(t_fit, context), method="trf",
-                                    x_scale=1.0, max_nfev=200)
+                fit = least_squares(_rm_residuals, theta0, jac=_rm_jacobian, args=(t_fit, context, evaluations),
+                                    method="trf", x_scale=1.0, max_nfev=200)
             else:
-                fit = least_squares(_classical_residuals, theta0, args=(t_fit, context), method="trf", max_nfev=60)
+                fit = least_squares(_classical_residuals, theta0, args=(t_fit, context, evaluations), method="trf",
+                                    max_nfev=60)
         except (ValueError, FloatingPointError, OverflowError):
             continue
+        except OutOfEvaluations:
+            break
         if fit.cost < best_cost:
             best_cost, best = fit.cost, fit.x
         if np.sqrt(2 * best_cost / context.size) < tol * scale:
@@ -123,7 +156,11 @@ def ode_fit(time: np.ndarray, context: np.ndarray, horizon: int, model: str = "r
     if best is None:
         return persistence(context, horizon), np.full(len(candidates[0]), np.nan)
     p = np.exp(best)
-    sol = _rm_solve(p, t_all, False) if model == "rosenzweig-macarthur" else _classical_solve(p, t_all)
+    try:
+        again = Evaluations(max_evaluations)
+        sol = _rm_solve(p, t_all, False, again) if model == "rosenzweig-macarthur" else _classical_solve(p, t_all, again)
+    except OutOfEvaluations:
+        return persistence(context, horizon), p
     if not sol.success or sol.y.shape[1] != len(t_all) or not np.all(np.isfinite(sol.y)):
         return persistence(context, horizon), p
     return np.clip(sol.y.T[ctx:], 0.0, None), p
@@ -132,10 +169,10 @@ def ode_fit(time: np.ndarray, context: np.ndarray, horizon: int, model: str = "r
 _cache: dict = {}
 
 
-def _rm_eval(theta, t, data):
-    key = (theta.tobytes(), t.tobytes())
+def _rm_eval(theta, t, data, evaluations):
+    key = (theta.tobytes(), t.tobytes(), data.tobytes())
     if _cache.get("key") != key:
-        sol = _rm_solve(np.exp(theta), t, True)
+        sol = _rm_solve(np.exp(theta), t, True, evaluations)
         n = len(t)
         if not sol.success or sol.y.shape[1] != n or not np.all(np.isfinite(sol.y)):
             resid = np.full(data.size, 1e3)
@@ -149,16 +186,16 @@ def _rm_eval(theta, t, data):
     return _cache["resid"], _cache["jac"]
 
 
-def _rm_residuals(theta, t, data):
-    return _rm_eval(theta, t, data)[0]
+def _rm_residuals(theta, t, data, evaluations):
+    return _rm_eval(theta, t, data, evaluations)[0]
 
 
-def _rm_jacobian(theta, t, data):
-    return _rm_eval(theta, t, data)[1]
+def _rm_jacobian(theta, t, data, evaluations):
+    return _rm_eval(theta, t, data, evaluations)[1]
 
 
-def _classical_residuals(theta, t, data):
-    sol = _classical_solve(np.exp(theta), t)
+def _classical_residuals(theta, t, data, evaluations):
+    sol = _classical_solve(np.exp(theta), t, evaluations)
     if not sol.success or sol.y.shape[1] != len(t) or not np.all(np.isfinite(sol.y)):
         return np.full(data.size, 1e3)
     return (sol.y.T - data).ravel()

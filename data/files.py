@@ -1,8 +1,11 @@
 """Every file the project writes goes through here: written beside its destination, then renamed over
-it, so a reader (or a process killed half-way) never sees a half-written file."""
+it, so a reader (or a process killed half-way) never sees a half-written file. Files get the mode
+any new file gets under the umask (0644 usually), not the 0600 of a temporary file; what a killed
+write leaves behind (`.NAME.*.tmp`) is removed by `remove_leftovers` before a folder is used again."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -19,6 +22,7 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -29,3 +33,28 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
 def write_text(path: str | Path, text: str) -> Path:
     """`path.write_text(text)`, atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_leftovers(folder: str | Path, name: str = "*", recursive: bool = False) -> list[Path]:
+    """Delete the temporary files that killed atomic writes of `name` left in `folder` (and below it,
+    with `recursive`); call it only while no other process writes there. Returns what was removed."""
+    pattern = f".{name}.*.tmp"
+    found = sorted(Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern))
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, hex: the identity of a data file, a model's weights, an adapter."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -40,6 +40,13 @@ def load_series(path: str | Path) -> Series:
         raise DataError(f"{path}: file not found (simulate one with: python -m data.simulate --out {path})")
     if not h5py.is_hdf5(path):
         raise DataError(f"{path}: not an HDF5 file")
+    try:
+        return _read(path)
+    except OSError as e:  # a truncated or damaged file
+        raise DataError(f"{path}: can't be read as HDF5 ({e})") from None
+
+
+def _read(path: Path) -> Series:
     with h5py.File(path, "r") as f:
         for key in ("trajectories", "time"):
             if key not in f or not isinstance(f[key], h5py.Dataset):
@@ -55,8 +62,9 @@ def load_series(path: str | Path) -> Series:
             raise DataError(f"{path}: /trajectories holds no systems")
         if time.shape[0] != traj.shape[1]:
             raise DataError(f"{path}: /time has {time.shape[0]} points but /trajectories has {traj.shape[1]} per system")
-        if not (np.issubdtype(traj.dtype, np.number) and np.issubdtype(time.dtype, np.number)):
-            raise DataError(f"{path}: /trajectories and /time must be numeric, got {traj.dtype} and {time.dtype}")
+        real = all(np.issubdtype(d, np.number) and not np.issubdtype(d, np.complexfloating) for d in (traj.dtype, time.dtype))
+        if not real:
+            raise DataError(f"{path}: /trajectories and /time must be real numbers, got {traj.dtype} and {time.dtype}")
         trajectories = np.asarray(traj[()], dtype=np.float32)
         time = np.asarray(time[()], dtype=np.float64)
     if not np.isfinite(trajectories).all():
@@ -68,6 +76,10 @@ def load_series(path: str | Path) -> Series:
                         f"at system {bad[0]}, point {bad[1]} (populations must be >= 0)")
     if not np.isfinite(time).all():
         raise DataError(f"{path}: /time has non-finite values")
+    if len(time) > 1 and not (np.diff(time) > 0).all():
+        i = int(np.argmax(np.diff(time) <= 0))
+        raise DataError(f"{path}: /time must increase from point to point, but point {i + 1} is {time[i + 1]:g} "
+                        f"after {time[i]:g}")
     return Series(path, trajectories, time)
 
 

@@ -99,7 +99,7 @@ def format_summary(s: dict[str, dict[str, float]]) -> str:
 def ensure_data(path: str | Path = DEFAULT_PATH) -> Series:
     """Load `path`; if it is the default and missing, simulate the default set there first and say so."""
     path = Path(path)
-    if not path.exists() and path == DEFAULT_PATH:
+    if not path.exists() and path.resolve() == DEFAULT_PATH.resolve():
         trajectories, time, _ = simulate()
         write_series(path, trajectories, time)
         print(f"{path} was missing: simulated 1000 systems (seed 0) and wrote them there", file=sys.stderr)
