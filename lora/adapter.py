@@ -13,11 +13,12 @@ from data.files import atomic_write, write_text
 from qwen_min.errors import LoadError
 from qwen_min.weights import save_state
 
-from .inject import ATTENTION, TARGETS, inject, lora_config, lora_layers
+from .inject import ATTENTION, TARGETS, check_config, inject, lora_config, lora_layers
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."  # what peft puts before the base model's own module names
+PEFT_DEFAULT_ALPHA = 8  # peft's LoraConfig.lora_alpha when a config leaves it out
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
@@ -55,7 +56,7 @@ def read_adapter_config(directory: Path) -> dict:
         raise LoadError(f"{path}: missing (an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LoadError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(cfg, dict) or str(cfg.get("peft_type", "")).upper() != "LORA":
         raise LoadError(f"{path}: peft_type is {cfg.get('peft_type') if isinstance(cfg, dict) else None!r}, expected 'LORA'")
@@ -79,14 +80,36 @@ def read_adapter_config(directory: Path) -> dict:
     if cfg.get("bias", "none") != "none":
         raise LoadError(f"{path}: bias={cfg['bias']!r} is not supported, expected 'none'")
     cfg["target_modules"] = targets
+    cfg["lora_alpha"] = cfg.get("lora_alpha", PEFT_DEFAULT_ALPHA)
+    cfg["lora_dropout"] = cfg.get("lora_dropout") or 0.0
+    try:
+        check_config(r, cfg["lora_alpha"], cfg["lora_dropout"], name=lambda key: f"lora_{key}")
+    except LoadError as e:
+        raise LoadError(f"{path}: {e}") from None
     return cfg
 
 
 def load_adapter(model, directory: str | Path):
     """Load a PEFT-layout LoRA adapter (ours or peft's), injecting LoRA layers if the model has none.
 
-    Refuses, before changing any weight, an adapter whose rank, targets, keys or shapes don't fit.
+    Refuses, before changing any weight, an adapter whose rank, targets, keys, shapes or values
+    (NaN or infinite) don't fit.
     """
+    directory = Path(directory)
+    cfg, renamed = check_adapter(model, directory)
+    if lora_config(model) is None:  # everything checked: only now is the model changed
+        inject(model, rank=cfg["r"], alpha=cfg["lora_alpha"], dropout=float(cfg["lora_dropout"]),
+               targets=cfg["target_modules"], verbose=False)
+    params = {f"{PREFIX}{name}": p for name, p in model.named_parameters()}
+    with safe_open(directory / WEIGHTS_FILE, framework="pt") as f, torch.no_grad():
+        for key, raw_key in renamed.items():
+            params[key].copy_(f.get_tensor(raw_key).to(params[key].dtype))
+    return model
+
+
+def check_adapter(model, directory: str | Path) -> tuple[dict, dict[str, str]]:
+    """Everything `load_adapter` checks, changing nothing (the model may be on the meta device):
+    returns the adapter's config and {PEFT key: key as stored}."""
     directory = Path(directory)
     cfg = read_adapter_config(directory)
     weights = directory / WEIGHTS_FILE
@@ -111,14 +134,11 @@ def load_adapter(model, directory: str | Path):
     for key in sorted(expected):
         if stored[renamed[key]] != expected[key]:
             raise LoadError(f"{weights}: {key} has shape {stored[renamed[key]]}, expected {expected[key]} (r={cfg['r']})")
-    if present is None:  # everything checked: only now is the model changed
-        inject(model, rank=cfg["r"], alpha=cfg.get("lora_alpha"), dropout=float(cfg.get("lora_dropout") or 0.0),
-               targets=cfg["target_modules"], verbose=False)
-    params = {f"{PREFIX}{name}": p for name, p in model.named_parameters()}
-    with safe_open(weights, framework="pt") as f, torch.no_grad():
-        for key, raw_key in renamed.items():
-            params[key].copy_(f.get_tensor(raw_key).to(params[key].dtype))
-    return model
+    with safe_open(weights, framework="pt") as f:
+        for key, raw_key in sorted(renamed.items()):
+            if not torch.isfinite(f.get_tensor(raw_key)).all():
+                raise LoadError(f"{weights}: {key} holds NaN or infinite values; refusing to load it")
+    return cfg, renamed
 
 
 def expected_shapes(model, rank: int, targets) -> dict[str, tuple[int, int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from torch import nn
@@ -32,9 +33,10 @@ def check_config(rank, alpha=None, dropout=0.0, name=lambda key: f"LoRA {key}") 
     (train.py says `--rank`, a library call `LoRA rank`)."""
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise LoadError(f"{name('rank')} must be a positive integer, got {rank!r}")
-    if alpha is not None and not alpha > 0:
+    if alpha is not None and not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
+                                  and math.isfinite(alpha) and alpha > 0):
         raise LoadError(f"{name('alpha')} must be positive, got {alpha!r}")
-    if not 0 <= dropout < 1:
+    if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
         raise LoadError(f"{name('dropout')} must be in [0, 1), got {dropout!r}")
 
 

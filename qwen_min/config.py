@@ -9,6 +9,28 @@ from pathlib import Path
 from .errors import LoadError
 
 
+# What transformers' Qwen2Config assumes for a key a config.json leaves out (not Qwen2.5-0.5B's values).
+HF_DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+               "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": None, "max_position_embeddings": 32768,
+               "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "bos_token_id": None,
+               "eos_token_id": None}
+
+
+def check_types(values: dict, source: str) -> None:
+    """Refuse a config value of the wrong JSON type (a string "false", a float layer count...)."""
+    for key, value in values.items():
+        if key == "tie_word_embeddings":
+            ok, want = isinstance(value, bool), "true or false"
+        elif key in ("rope_theta", "rms_norm_eps"):
+            ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:  # sizes and token ids
+            ok = (value is None and key in ("head_dim", "bos_token_id", "eos_token_id")) or (
+                isinstance(value, int) and not isinstance(value, bool))
+            want = "an integer"
+        if not ok:
+            raise LoadError(f"{source}: {key} must be {want}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class QwenConfig:
     """Sizes of a Qwen2-architecture decoder. Defaults are Qwen2.5-0.5B's published config.json."""
@@ -63,20 +85,24 @@ class QwenConfig:
             raise LoadError(f"{source}: hidden_act is {raw['hidden_act']!r}, only 'silu' is supported")
         rope = raw.get("rope_parameters") or {}  # transformers >= 5 nests rope_theta here
         scaling = raw.get("rope_scaling") or {}
+        for key, value in (("rope_parameters", rope), ("rope_scaling", scaling)):
+            if not isinstance(value, dict):
+                raise LoadError(f"{source}: {key} must be an object or null, got {value!r}")
         rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
         if rope_type != "default":
             raise LoadError(f"{source}: rope type {rope_type!r} is not supported, only 'default'")
         if raw.get("use_sliding_window"):
             raise LoadError(f"{source}: use_sliding_window is true; sliding-window attention is not supported")
         known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in raw.items() if k in known}
+        kwargs = {**HF_DEFAULTS, **{k: v for k, v in raw.items() if k in known}}
         if "rope_theta" in rope:
             kwargs["rope_theta"] = rope["rope_theta"]
         for key in ("bos_token_id", "eos_token_id"):
             if isinstance(kwargs.get(key), list):  # some configs list several; the first is the main one
                 kwargs[key] = kwargs[key][0]
-        if "num_key_value_heads" in raw and raw["num_key_value_heads"] is None:
-            kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads", cls.num_attention_heads)
+        if kwargs["num_key_value_heads"] is None:  # as transformers: null means one per query head
+            kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
+        check_types(kwargs, source)
         try:
             return cls(**kwargs)
         except LoadError as e:

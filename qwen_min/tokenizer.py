@@ -102,8 +102,11 @@ def read_tokenizer(directory: Path, name: str) -> Tokenizer:
     config = directory / "tokenizer_config.json"
     if config.is_file():  # its pad token is the document separator Qwen trains with
         try:
-            eos = json.loads(config.read_text()).get("pad_token")
-        except json.JSONDecodeError:
-            eos = None
+            raw = json.loads(config.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LoadError(f"{config}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise LoadError(f"{config}: expected a JSON object, got {type(raw).__name__}")
+        eos = raw.get("pad_token")
         eos = eos if isinstance(eos, str) and tok.token_to_id(eos) is not None else None
     return Tokenizer(tok, name, eos)

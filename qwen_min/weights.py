@@ -85,8 +85,10 @@ def _checkpoint_files(directory: Path) -> dict[str, Path]:
         raise LoadError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE} found")
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise LoadError(f"{index}: not a safetensors index (expected a JSON object with 'weight_map': {e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise LoadError(f"{index}: weight_map must map each key to a shard file name, got {str(weight_map)[:80]}")
     where: dict[str, Path] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = directory / shard
