@@ -2,11 +2,13 @@
 
     ledger = Ledger.open("runs/ledger.json", budget=1e17, convention="exact")
     if not ledger.can_afford(step_flops): stop and save
-    ledger.charge("lora-r8-lr1e-4", "train", step_flops, tokens=2048, step=12)
+    ledger.charge("3f9c2a7b11d0", "train", step_flops, name="lora-r8-lr1e-4", tokens=2048, step=12)
 
-Crash-safe: every charge re-reads the file under an exclusive lock (several processes may share
-one ledger), adds, and replaces the file atomically. Charges keyed by a training step or by a name
-are applied once only, so a resumed run that repeats a step, or a rerun stage, pays nothing twice.
+Each entry is keyed by the identity of one unit of work (a training run's id, an evaluation's
+digest of everything that decides its computation), with the human name beside it. Crash-safe:
+every charge re-reads the file under an exclusive lock (several processes may share one ledger),
+adds, and replaces the file atomically. Charges keyed by a training step or by a key are applied
+once only, so a resumed run that repeats a step, or a rerun stage, pays nothing twice.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from data.files import write_text
+from data.files import remove_leftovers, write_text
 
 from .conventions import get_convention
 
@@ -42,6 +44,8 @@ class Ledger:
         """Open or create. A new ledger takes budget (default 1e17) and convention (default exact);
         an existing one keeps its own, and asking for a different convention is an error."""
         path = Path(path)
+        if path.is_dir():
+            raise LedgerError(f"{path}: is a folder, not a ledger file (give a file path, e.g. {path / 'ledger.json'})")
         if path.exists():
             ledger = cls(path, cls._read(path))
             if convention is not None and get_convention(convention).name != ledger.convention:
@@ -54,37 +58,52 @@ class Ledger:
             raise LedgerError(f"{path}: budget must be positive, got {budget}")
         data = {"budget": float(budget or DEFAULT_BUDGET), "convention": get_convention(convention or "exact").name,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "experiments": {}}
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LedgerError(f"{path}: can't create its folder ({e.strerror})") from None
         with cls._locked(path):
             if not path.exists():
                 cls._write(path, data)
-        return cls.open(path, budget, convention)
-
-    @classmethod
-    def use(cls, path: str | Path, budget: float | None = None, convention: str | None = None) -> "Ledger":
-        """Open `path` as it is, or create it with this budget and convention (what a run's flags give
-        for a new ledger; an existing ledger keeps its own)."""
-        if Path(path).exists():
-            return cls.open(path)
         return cls.open(path, budget, convention)
 
     @staticmethod
     def _read(path: Path) -> dict:
         try:
             data = json.loads(path.read_text())
-            float(data["budget"]), get_convention(data["convention"]), dict(data["experiments"])
-            return data
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            float(data["budget"]), get_convention(data["convention"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
             raise LedgerError(f"{path}: not a FLOPs ledger ({type(e).__name__}: {e})") from None
+        except OSError as e:
+            raise LedgerError(f"{path}: can't read the ledger ({e.strerror})") from None
+        if not isinstance(data.get("experiments"), dict):
+            raise LedgerError(f"{path}: not a FLOPs ledger (experiments must be an object, got "
+                              f"{type(data.get('experiments')).__name__})")
+        for key, e in data["experiments"].items():
+            numbers = isinstance(e, dict) and all(
+                isinstance(e.get(f), (int, float)) and not isinstance(e.get(f), bool) and e.get(f) >= 0
+                for f in ("flops", "steps", "tokens"))
+            if not numbers:
+                raise LedgerError(f"{path}: entry {key!r} must hold non-negative numbers flops, steps and tokens, "
+                                  f"got {e!r:.120}")
+        return data
 
     @staticmethod
     def _write(path: Path, data: dict) -> None:
-        write_text(path, json.dumps(data, indent=1))
+        try:
+            remove_leftovers(path.parent, path.name)  # of writes killed half-way; called under the lock
+            write_text(path, json.dumps(data, indent=1))
+        except PermissionError as e:
+            raise LedgerError(f"{path}: can't write the ledger ({e.strerror}); nothing was charged") from None
 
     @staticmethod
     @contextmanager
     def _locked(path: Path):
-        with open(path.with_name(path.name + ".lock"), "w") as lock:
+        try:
+            lock = open(path.with_name(path.name + ".lock"), "a")
+        except OSError as e:
+            raise LedgerError(f"{path}: can't use the ledger's folder ({e.strerror})") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -119,27 +138,36 @@ class Ledger:
     def can_afford(self, flops: float) -> bool:
         return self.refresh().total + flops <= self.budget
 
-    def entry(self, name: str) -> dict | None:
-        return self.experiments.get(name)
+    def entry(self, key: str) -> dict | None:
+        return self.experiments.get(key)
+
+    def named(self, name: str) -> dict[str, dict]:
+        """The entries (key -> entry) charged under the human name `name`."""
+        return {k: e for k, e in self.experiments.items() if e.get("name", k) == name}
+
+    def spent(self, name: str) -> float:
+        """FLOPs charged under the human name `name`, over all its entries."""
+        return sum(e["flops"] for e in self.named(name).values())
 
     # --- charging ----------------------------------------------------------------------------------
-    def charge(self, name: str, kind: str, flops: float, *, tokens: int = 0, step: int | None = None,
-               key: str | None = None, steps: int = 1) -> bool:
-        """Add `flops` to experiment `name`. With `step`, only if that step is past the last one charged;
-        with `key`, only if that key was never charged. Returns whether anything was charged.
+    def charge(self, experiment: str, kind: str, flops: float, *, name: str | None = None, tokens: int = 0,
+               step: int | None = None, key: str | None = None, steps: int = 1) -> bool:
+        """Add `flops` to the entry `experiment` (a unit of work's identity; `name`, default the same,
+        is what people read). With `step`, only if that step is past the last one charged; with `key`,
+        only if that key was never charged. Returns whether anything was charged.
         Raises BudgetExceeded (charging nothing) when the total would pass the budget."""
-        if flops < 0:
-            raise ValueError(f"negative charge {flops}")
+        if not flops >= 0:
+            raise ValueError(f"a charge must be a non-negative number of FLOPs, got {flops}")
         with self._locked(self.path):
             self.refresh()
-            e = self.experiments.setdefault(name, {"kind": kind, "steps": 0, "tokens": 0, "flops": 0.0,
-                                                   "last_step": 0, "keys": []})
+            e = self.experiments.setdefault(experiment, {"name": name or experiment, "kind": kind, "steps": 0,
+                                                         "tokens": 0, "flops": 0.0, "last_step": 0, "keys": []})
             if (step is not None and step <= e["last_step"]) or (key is not None and key in e["keys"]):
                 return False
             if self.total + flops > self.budget:
                 if not e["flops"] and not e["steps"]:
-                    del self.experiments[name]
-                raise BudgetExceeded(f"{self.path}: charging {flops:.3g} FLOPs to {name!r} would take the ledger "
+                    del self.experiments[experiment]
+                raise BudgetExceeded(f"{self.path}: charging {flops:.3g} FLOPs to {e['name']!r} would take the ledger "
                                      f"to {self.total + flops:.4g} of its {self.budget:.3g} budget")
             e["flops"] += float(flops)
             e["tokens"] += int(tokens)
@@ -156,8 +184,10 @@ class Ledger:
     def table(self) -> str:
         """The experiment table (the report's Table 5): FLOPs per experiment, totals, budget used."""
         rows = ["| experiment | kind | steps | tokens | FLOPs | share of budget |", "| --- | --- | ---: | ---: | ---: | ---: |"]
-        for name, e in self.experiments.items():
-            rows.append(f"| {name} | {e['kind']} | {e['steps']:,} | {e['tokens']:,} | {e['flops']:.3e} | "
+        for key, e in self.experiments.items():
+            name = e.get("name", key)
+            label = name if name == key else f"{name} ({key})"
+            rows.append(f"| {label} | {e['kind']} | {e['steps']:,} | {e['tokens']:,} | {e['flops']:.3e} | "
                         f"{e['flops'] / self.budget:.2%} |")
         rows.append(f"| **total** | | {sum(e['steps'] for e in self.experiments.values()):,} | "
                     f"{sum(e['tokens'] for e in self.experiments.values()):,} | {self.total:.3e} | "
