@@ -23,7 +23,8 @@ import sys
 from experiment.cli import add_settings, given, plan_main, run
 from experiment.settings import SweepSettings, TrainSettings
 from experiment.sweep import sweep
-from experiment.trainer import resume_settings, train
+from experiment.runfolder import resume_settings
+from experiment.trainer import train
 
 
 def run_parser() -> argparse.ArgumentParser:

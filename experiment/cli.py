@@ -20,7 +20,7 @@ from flops.ledger import LedgerError
 from qwen_min import LoadError
 
 from .plan import reproduce
-from .settings import PlanSettings, UsageError
+from .settings import PlanSettings, RunError, UsageError
 
 USER_ERRORS = (UsageError, LoadError, DataError, LedgerError, BudgetExceeded)
 
@@ -61,13 +61,17 @@ def given(ns: argparse.Namespace) -> dict:
 
 
 def run(work: Callable[[], object], interrupted: str | None = None) -> int:
-    """Call `work`; a user's mistake is one line on stderr and exit status 2, Ctrl-C prints `interrupted`
+    """Call `work`; a user's mistake is one line on stderr and exit status 2 (a run that stopped on
+    its own problem, exit status 1), Ctrl-C prints `interrupted`
     (when given) and exits 130. Returns 0 otherwise."""
     try:
         work()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if interrupted is None:
             raise

@@ -10,6 +10,7 @@ results.json, results.md, mae_vs_horizon.png, forecasts.png and forecasts.npz to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -23,14 +24,16 @@ from tqdm import tqdm
 import lora
 from data import decode, make_splits, prompt, scale_for, step_pattern
 from data.baselines import ode_fit, persistence
-from data.files import atomic_write, write_text
+from data.files import atomic_write, file_digest, write_text
 from data.simulate import ensure_data
 from flops import Convention, Ledger, get_convention
-from qwen_min import device_and_dtype, generate, load_pretrained, load_tokenizer
+from qwen_min import PRESETS, device_and_dtype, generate, load_config, load_pretrained, load_tokenizer
+from qwen_min.hub import resolve_dir
 
-from .costs import generation_bound
+from .costs import generation_bound, meta_model
 from .report import plot_forecasts, plot_horizon, results_markdown
 from .scoring import score_methods
+from .runfolder import check_writable
 from .settings import EvalSettings, UsageError
 
 
@@ -68,6 +71,46 @@ def resolve_adapter(path: str) -> Path:
 def adapter_label(path: Path) -> str:
     """`model+<run>` for a run's adapter_best/ or adapter_last/, else `model+<folder>`."""
     return "model+" + (path.parent.name if path.name in ("adapter_best", "adapter_last") else path.name)
+
+
+def labelled_adapters(s: EvalSettings) -> list[tuple[str, Path]]:
+    """(label, adapter folder) for every --adapter, each checked against the model's shapes before
+    any work; two adapters that would share a label are told apart by their whole paths."""
+    adapters = [resolve_adapter(p) for p in s.adapter]
+    if len({p.resolve() for p in adapters}) < len(adapters):
+        raise UsageError("--adapter: the same adapter is given twice")
+    labels = [adapter_label(p) for p in adapters]
+    labels = [label if labels.count(label) == 1 else f"model+{p}" for label, p in zip(labels, adapters)]
+    shapes = meta_model(load_config(s.model))
+    for p in adapters:
+        lora.check_adapter(shapes, p)
+    return list(zip(labels, adapters))
+
+
+def model_digest(name: str) -> str:
+    """What identifies a model's computation: a preset's name, else the SHA-256 of its config and weights."""
+    if name in PRESETS:
+        return name
+    directory = resolve_dir(name)
+    return digest_of([directory / "config.json", *sorted(directory.glob("*.safetensors"))])
+
+
+def digest_of(paths) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).name.encode() + b"\0" + file_digest(path).encode())
+    return h.hexdigest()
+
+
+def identity(s: EvalSettings, sel: "Selection", adapters: list[tuple[str, Path]]) -> str:
+    """The ledger key of an evaluation: a digest of everything that decides what it computes (model
+    and adapter files, data file, systems, contexts, horizon, samples, temperature, decimals, seed,
+    batch size, dtype), not of where its results go."""
+    what = {"model": model_digest(s.model), "data": file_digest(s.data), "systems": list(map(int, sel.systems)),
+            "adapters": [(label, digest_of(sorted(p.iterdir()))) for label, p in adapters], "base": not s.no_base,
+            "contexts": s.contexts, "horizon": s.horizon, "samples": s.samples, "temperature": s.temperature,
+            "decimals": s.decimals, "seed": s.seed, "batch_size": s.batch_size, "dtype": s.dtype, "split": s.split}
+    return "eval-" + hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --- the language model ----------------------------------------------------------------------------
@@ -119,15 +162,14 @@ def parse_forecast(text: str, v: np.ndarray, ctx: int, s: EvalSettings, alpha: f
     return steps
 
 
-def forecast_language_models(s: EvalSettings, sel: Selection, adapters: list[Path], tok, ledger: Ledger, bar,
-                             device: torch.device, dtype: torch.dtype):
+def forecast_language_models(s: EvalSettings, sel: Selection, adapters: list[tuple[str, Path]], tok, ledger: Ledger,
+                             key: str, bar, device: torch.device, dtype: torch.dtype):
     """({label: forecasts}, {label: failed steps}, {label: FLOPs}) for the untuned model (unless
     --no-base) and each adapter, each charged to the ledger batch by batch, each refused before any
     FLOP if the ledger can't pay for its bound."""
     convention = get_convention(ledger.convention)
     forecasts, failed, flops = {}, {}, {}
-    for label, adapter in ([] if (adapters and s.no_base) else [("model", None)]) + [
-            (adapter_label(p), p) for p in adapters]:
+    for label, adapter in ([] if (adapters and s.no_base) else [("model", None)]) + adapters:
         model = load_pretrained(s.model, dtype=dtype, device=device)
         if adapter is not None:
             lora.load_adapter(model, adapter)
@@ -135,10 +177,9 @@ def forecast_language_models(s: EvalSettings, sel: Selection, adapters: list[Pat
         if not ledger.can_afford(need):
             raise UsageError(f"{s.ledger}: evaluating {label} needs up to {need:.3e} FLOPs, "
                              f"{ledger.refresh().remaining:.3e} remain")
-        key = f"{label}|{adapter}|ctx{'+'.join(map(str, s.contexts))}|{s.split}|{len(sel.values)}|s{s.samples}"
 
-        def charge(first, end, spent, key=key):  # one key per batch: a re-run charges only what was not
-            ledger.charge(s.ledger_name, "eval", spent, tokens=0, steps=0, key=f"{key}|systems{first}-{end}")
+        def charge(first, end, spent, label=label):  # one key per batch: a re-run charges only what was not
+            ledger.charge(key, "eval", spent, name=s.ledger_name, tokens=0, steps=0, key=f"{label}|systems{first}-{end}")
         forecasts[label], failed[label], flops[label] = forecast_model(model, tok, sel.values, s, sel.alpha,
                                                                        convention, bar, charge)
         del model
@@ -148,17 +189,22 @@ def forecast_language_models(s: EvalSettings, sel: Selection, adapters: list[Pat
 # --- baselines -------------------------------------------------------------------------------------
 
 def _fit_one(job):
-    time, series, ctxs, horizon, model, seed = job
-    out, warm = {}, None
+    """{ctx: forecast} for one system, and how many of its fits found nothing (persistence instead)."""
+    time, series, ctxs, horizon, model, seed, evaluations = job
+    out, warm, failed = {}, None, 0
     for ctx in sorted(ctxs):
-        out[ctx], params = ode_fit(time, series[:ctx], horizon, model=model, warm=warm, seed=seed)
+        out[ctx], params = ode_fit(time, series[:ctx], horizon, model=model, warm=warm, seed=seed,
+                                   max_evaluations=evaluations)
+        failed += int(not np.all(np.isfinite(params)))
         warm = params if model == "rosenzweig-macarthur" else None
-    return out
+    return out, failed
 
 
-def forecast_ode(time, values, s: EvalSettings, bar=None) -> dict[int, np.ndarray]:
-    """The ODE fit's forecasts {ctx: (systems, horizon, 2)}, systems spread over `workers` processes."""
-    jobs = [(time, v.astype(np.float64), s.contexts, s.horizon, s.ode_model, s.seed) for v in values]
+def forecast_ode(time, values, s: EvalSettings, bar=None) -> tuple[dict[int, np.ndarray], int]:
+    """The ODE fit's forecasts {ctx: (systems, horizon, 2)}, systems spread over `workers` processes,
+    and the number of fits that fell back to persistence."""
+    jobs = [(time, v.astype(np.float64), s.contexts, s.horizon, s.ode_model, s.seed, s.ode_evaluations)
+            for v in values]
     workers = os.cpu_count() if s.workers is None else s.workers
     results = []
     if workers > 1 and len(jobs) > 1:
@@ -172,42 +218,52 @@ def forecast_ode(time, values, s: EvalSettings, bar=None) -> dict[int, np.ndarra
             results.append(_fit_one(job))
             if bar is not None:
                 bar.update(1)
-    return {ctx: np.stack([r[ctx] for r in results]) for ctx in s.contexts}
+    return {ctx: np.stack([r[ctx] for r, _ in results]) for ctx in s.contexts}, sum(f for _, f in results)
 
 
-def forecast_baselines(s: EvalSettings, sel: Selection, bar) -> dict:
+def forecast_baselines(s: EvalSettings, sel: Selection, bar) -> tuple[dict, dict]:
+    """The baselines' forecasts, and what the results say of how the ODE fit was bounded."""
     forecasts = {"persistence": {ctx: np.stack([persistence(v[:ctx], s.horizon) for v in sel.values])
                                  for ctx in s.contexts}}
-    if not s.no_ode_fit:
-        forecasts["ode_fit"] = forecast_ode(sel.time, sel.values, s, bar)
-    return forecasts
+    if s.no_ode_fit:
+        return forecasts, {}
+    forecasts["ode_fit"], fell_back = forecast_ode(sel.time, sel.values, s, bar)
+    return forecasts, {"model": s.ode_model, "rhs_evaluations_per_fit": s.ode_evaluations, "fits": len(sel.values) * len(s.contexts),
+                       "fits_without_result_persistence_used": fell_back}
 
 
 # --- the whole evaluation --------------------------------------------------------------------------
 
 def evaluate(s: EvalSettings) -> dict:
     """Forecast, score and write every output; returns results.json's content."""
+    s.check()
+    out = Path(s.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a folder")
+    check_writable(out)
     sel = select(s)
-    adapters = [resolve_adapter(p) for p in s.adapter]
+    adapters = labelled_adapters(s)
     device, dtype = device_and_dtype(s.device, s.dtype)
     tok = load_tokenizer(s.model)
-    ledger = Ledger.use(s.ledger, s.budget, s.convention)
+    key = identity(s, sel, adapters)
+    ledger = Ledger.open(s.ledger, s.budget, s.convention)
     n_models = len(adapters) + (0 if (adapters and s.no_base) else 1)
     bar = None if s.quiet else tqdm(total=n_models * len(sel.values) + (0 if s.no_ode_fit else len(sel.values)),
                                     desc="systems", dynamic_ncols=True)
     try:
-        forecasts, failed, flops = forecast_language_models(s, sel, adapters, tok, ledger, bar, device, dtype)
-        forecasts.update(forecast_baselines(s, sel, bar))
+        forecasts, failed, flops = forecast_language_models(s, sel, adapters, tok, ledger, key, bar, device, dtype)
+        baselines, ode = forecast_baselines(s, sel, bar)
+        forecasts.update(baselines)
     finally:
         if bar is not None:
             bar.close()
     truth = {ctx: sel.values[:, ctx:ctx + s.horizon] for ctx in s.contexts}
     results = {"data": str(s.data), "split": s.split, "split_seed": s.split_seed, "systems": list(map(int, sel.systems)),
                "alpha": sel.alpha, "contexts": s.contexts, "horizon": s.horizon, "model": s.model,
-               "adapters": [str(p) for p in adapters],
+               "adapters": [str(p) for _, p in adapters], "ledger_key": key,
                "decoding": {"samples": s.samples, "temperature": s.temperature,
                             "grammar": "".join(c if len(c) == 1 else "D" for c in step_pattern(s.decimals))},
-               "convention": ledger.convention, "flops": sum(flops.values()),
+               "convention": ledger.convention, "flops": sum(flops.values()), "ode_fit": ode,
                "methods": score_methods(forecasts, truth, sel.alpha, s.contexts, failed, flops)}
     write_results(s, sel, results, forecasts)
     return results

@@ -28,7 +28,8 @@ from .costs import affordable_steps, generation_bound, meta_model, planned_run, 
 from .forecast import evaluate, select
 from .report import plan_report
 from .settings import EvalSettings, PlanSettings, TrainSettings, UsageError, derive
-from .trainer import finished, train
+from .runfolder import finished
+from .trainer import train
 
 
 def say(msg: str) -> None:
@@ -140,7 +141,7 @@ def do_train(plan: Plan, label: str, name: str, rank: int, lr: float, chunk: int
     ledger = Ledger.open(plan.ledger_path)
     step, val = plan.run_costs(rank, chunk)
     cost = run_cost(steps, step, val, plan.a.eval_every)
-    spent = (ledger.entry(name) or {}).get("flops", 0.0)
+    spent = ledger.spent(name)
     if cost - spent > ledger.remaining:
         shorter = plan.affordable(ledger.remaining + spent, rank, chunk)
         if shorter < 1:
@@ -167,7 +168,7 @@ def do_eval(plan: Plan, label: str, name: str, adapter: Path | None, rank: int =
         return None
     cost = plan.eval_cost(rank)
     ledger = Ledger.open(plan.ledger_path)
-    spent = (ledger.entry(name) or {}).get("flops", 0.0)
+    spent = ledger.spent(name)
     if cost - spent > ledger.remaining:
         say(f"{label}: skipping {name}: it may need {cost:.3e} FLOPs, {ledger.remaining:.3e} remain")
         return None

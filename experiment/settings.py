@@ -14,6 +14,7 @@ checkpoint is continued only by settings equal to it in every defining field.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -29,6 +30,31 @@ FRESH_SYSTEMS = 850  # new systems per epoch for the scratch-* presets: the file
 
 class UsageError(Exception):
     """A bad setting: printed as one line, exit status 2, before any work."""
+
+
+class RunError(Exception):
+    """A run that stopped on a problem of its own (a loss that is no longer finite): printed as one
+    line, exit status 1; what it had saved is kept."""
+
+
+def need(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def check_shared(s) -> None:
+    """The checks every kind of settings with these fields needs (seeds, decimals, device)."""
+    for name in ("seed", "split_seed"):
+        if hasattr(s, name):
+            need(getattr(s, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(s, name)}")
+    if hasattr(s, "decimals"):
+        need(1 <= s.decimals <= 6, f"--decimals must be between 1 and 6, got {s.decimals}")
+    if getattr(s, "budget", None) is not None:
+        need(finite(s.budget) and s.budget > 0, f"--budget must be a positive number, got {s.budget}")
 
 
 def opt(default, help: str, *, type=None, choices=None, nargs=None, metavar=None, flag=None, defining=False):
@@ -61,14 +87,16 @@ class CommonTrain:
     weight_decay: float = opt(0.0, "AdamW weight decay", defining=True)
     schedule: str = opt("constant", "learning-rate schedule", choices=("constant", "cosine"), defining=True)
     warmup: int = opt(0, "linear warm-up steps", defining=True)
-    clip: float = opt(0.0, "gradient-norm clipping (0: off)")
+    clip: float = opt(0.0, "gradient-norm clipping (0: off)", defining=True)
     decimals: int = opt(2, "decimals per value in the text", defining=True)
     seed: int = opt(0, "seed of the LoRA initialisation, dropout and batch order", defining=True)
     device: str = opt("cpu", "cpu, cuda or cuda:N")
     dtype: str | None = opt(None, "fp32 (CPU default) or bf16 (CUDA default: bf16 autocast)", type=str)
     ledger: str = opt("runs/ledger.json", "FLOPs ledger shared by experiments")
-    budget: float = opt(DEFAULT_BUDGET, "FLOPs budget of a new ledger")
-    convention: str = opt("exact", "FLOPs convention of a new ledger", choices=("exact", "coursework"))
+    budget: float | None = opt(None, f"FLOPs budget of a new ledger (default {DEFAULT_BUDGET:.0e}; an existing "
+                               "ledger keeps its own, and another value is refused)", type=float)
+    convention: str | None = opt(None, "FLOPs convention of a new ledger (default exact; an existing ledger keeps its "
+                                 "own)", type=str, choices=("exact", "coursework"))
     checkpoint_every: int = opt(50, "steps between checkpoints")
     full: bool = opt(False, "train every parameter (no LoRA); default for the scratch-* presets", defining=True)
     fresh_systems: int | None = opt(None, "simulate this many new training systems every epoch instead of the file's "
@@ -79,12 +107,14 @@ class CommonTrain:
 
     def check(self) -> None:
         """Everything that can be refused before loading anything."""
+        check_shared(self)
         if self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise UsageError("--batch-size, --max-steps, --eval-every and --checkpoint-every must be at least 1")
         if self.stride < 1 or self.stride > self.chunk:
             raise UsageError(f"--stride must be between 1 and --chunk ({self.chunk}), got {self.stride}")
-        if not self.budget > 0:
-            raise UsageError(f"--budget must be positive, got {self.budget}")
+        need(finite(self.clip) and self.clip >= 0, f"--clip must be >= 0 (0: off), got {self.clip}")
+        need(finite(self.weight_decay) and self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        need(self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
         if self.fresh_systems is not None and self.fresh_systems < 0:
             raise UsageError(f"--fresh-systems must be >= 0, got {self.fresh_systems}")
         if self.val_limit is not None and self.val_limit < 1:
@@ -93,10 +123,11 @@ class CommonTrain:
             lora.parse_targets(self.targets)
         except LoadError as e:
             raise UsageError(f"--targets: {e}") from None
-        if self.alpha is not None and not self.alpha > 0:
-            raise UsageError(f"--alpha must be positive, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+        try:
+            lora.check_config(self.rank if isinstance(self, TrainSettings) else 1, self.alpha, self.dropout,
+                              name=lambda key: f"--{key}")
+        except LoadError as e:
+            raise UsageError(str(e)) from None
 
     @property
     def scratch(self) -> bool:
@@ -117,8 +148,7 @@ class TrainSettings(CommonTrain):
     def check(self) -> None:
         if self.rank <= 0:
             raise UsageError(f"--rank must be a positive integer, got {self.rank}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
+        need(finite(self.lr) and self.lr > 0, f"--lr must be positive, got {self.lr}")
         if self.max_steps < 1:
             raise UsageError("--batch-size, --max-steps, --eval-every and --checkpoint-every must be at least 1")
         if not 0 < self.train_fraction <= 1:
@@ -134,7 +164,8 @@ class TrainSettings(CommonTrain):
             s = dataclasses.replace(s, fresh_systems=FRESH_SYSTEMS if s.scratch else 0)
         s.check()
         name = s.name or s.default_name()
-        return dataclasses.replace(s, name=name, out=s.out or str(Path("runs") / name))
+        return dataclasses.replace(s, name=name, out=absolute(s.out or Path("runs") / name), data=absolute(s.data),
+                                   ledger=absolute(s.ledger), model=absolute(s.model) if Path(s.model).exists() else s.model)
 
     def default_name(self) -> str:
         frac = "" if self.train_fraction == 1 else f"-f{self.train_fraction:g}"
@@ -190,21 +221,31 @@ class EvalSettings:
     out: str = opt("runs/eval", "output folder")
     name: str | None = opt(None, "experiment name in the ledger (default eval-<out folder>)", type=str)
     ledger: str = opt("runs/ledger.json", "FLOPs ledger shared by experiments")
-    budget: float = opt(DEFAULT_BUDGET, "budget of a new ledger")
-    convention: str = opt("exact", "convention of a new ledger", choices=("exact", "coursework"))
+    budget: float | None = opt(None, f"FLOPs budget of a new ledger (default {DEFAULT_BUDGET:.0e}; an existing "
+                               "ledger keeps its own, and another value is refused)", type=float)
+    convention: str | None = opt(None, "FLOPs convention of a new ledger (default exact; an existing ledger keeps its "
+                                 "own)", type=str, choices=("exact", "coursework"))
     no_ode_fit: bool = opt(False, "skip the ODE-fit baseline")
     ode_model: str = opt("rosenzweig-macarthur", "model family the ODE fit uses",
                          choices=("rosenzweig-macarthur", "classical"))
+    ode_evaluations: int = opt(400_000, "calls of the ODE's right-hand side the fit may spend per system and context "
+                               "(about 13 s here; the forecast's integration may spend as many again); a fit that "
+                               "finds nothing within them forecasts persistence")
     workers: int | None = opt(None, "processes for the ODE fits (default: one per CPU)", type=int)
     plot_systems: list[int] = opt([0, 1, 2], "positions in the evaluated list to draw forecasts for", type=int,
                                   nargs="*")
     quiet: bool = opt(False, "no progress bar")
 
-    def check(self, n_points: int) -> None:
-        """Refuse what can't be evaluated on a series of `n_points` time points."""
+    def check(self, n_points: int | None = None) -> None:
+        """Refuse what can't be evaluated (on a series of `n_points` time points, when given)."""
+        check_shared(self)
+        need(finite(self.temperature) and self.temperature >= 0,
+             f"--temperature must be >= 0 (0: greedy), got {self.temperature}")
+        need(self.workers is None or self.workers >= 1, f"--workers must be at least 1, got {self.workers}")
+        need(self.ode_evaluations >= 1, f"--ode-evaluations must be at least 1, got {self.ode_evaluations}")
         if any(c < 1 for c in self.ctx) or self.horizon < 1:
             raise UsageError("--ctx values and --horizon must be at least 1")
-        if max(self.ctx) + self.horizon > n_points:
+        if n_points is not None and max(self.ctx) + self.horizon > n_points:
             raise UsageError(f"--ctx {max(self.ctx)} + --horizon {self.horizon} needs {max(self.ctx) + self.horizon} "
                              f"time points; {self.data} has {n_points}")
         if self.samples < 1 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
@@ -257,6 +298,7 @@ class PlanSettings:
     quiet: bool = opt(False, "no progress bars")
 
     def check(self) -> None:
+        check_shared(self)
         for flag, value in (("--batch-size", self.batch_size), ("--eval-every", self.eval_every),
                             ("--chunk", self.chunk)):
             if value < 1:
@@ -270,6 +312,11 @@ class PlanSettings:
 
 
 # --- between kinds ---------------------------------------------------------------------------------
+
+def absolute(path) -> str:
+    """A path as config.json keeps it: absolute, so a run resumed from another folder finds its files."""
+    return str(Path(path).expanduser().resolve())
+
 
 def derive(cls, source, **changes):
     """Settings of kind `cls` taking every field it shares with `source`, then `changes`."""

@@ -15,14 +15,15 @@ from .batches import prepare_data
 from .costs import affordable_steps, planned_run, run_cost
 from .report import sweep_markdown
 from .settings import SweepSettings, UsageError
-from .trainer import finished, train
+from .runfolder import finished
+from .trainer import train
 
 
 def sweep(a: SweepSettings) -> dict:
     """Run the grid's unfinished runs (refused up front if the ledger can't pay for all of them);
     write sweep.md and sweep.json. Returns the sweep's summary."""
     runs = a.runs()
-    ledger = Ledger.use(a.ledger, a.budget, a.convention)
+    ledger = Ledger.open(a.ledger, a.budget, a.convention)
     config = load_config(a.model)
     val_ids = prepare_data(runs[0], load_tokenizer(a.model)).val_ids
     todo, need, dearest = [], 0.0, (0.0, 0.0)
@@ -30,7 +31,7 @@ def sweep(a: SweepSettings) -> dict:
         if finished(r.out):
             continue
         step, val = planned_run(r, config, val_ids, ledger.convention)
-        spent = (ledger.entry(r.name) or {}).get("flops", 0.0)
+        spent = ledger.spent(r.name)
         need += max(0.0, run_cost(a.max_steps, step, val, a.eval_every) - spent)
         dearest = max(dearest, (step, val))
         todo.append(r)

@@ -22,48 +22,17 @@ import torch
 from tqdm import tqdm
 
 import lora
-from data.files import atomic_write, write_text
+from data.files import atomic_write, file_digest, write_text
 from flops import Ledger, get_convention
+from flops.ledger import DEFAULT_BUDGET
 from qwen_min import device_and_dtype, load_pretrained, load_tokenizer, save_pretrained
 from qwen_min.loss import IGNORE, lm_loss
 
 from .batches import prepare_data
 from .costs import full_step_cost, step_cost, val_cost
 from .report import plot_losses
-from .settings import TrainSettings, UsageError, as_config, first_difference, from_config
-
-CHECKPOINT = "checkpoint.pt"
-
-
-# --- settings of a run folder ----------------------------------------------------------------------
-
-def resume_settings(directory: str | Path, **given) -> TrainSettings:
-    """The settings of the run in `directory`, with the flags the user gave (`given`) over them."""
-    path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise UsageError(f"--resume {directory}: no config.json there (not a run directory)")
-    saved = from_config(TrainSettings, json.loads(path.read_text()))
-    return TrainSettings(**{**as_config(saved), **given, "out": str(directory)})
-
-
-def finished(out: str | Path) -> dict | None:
-    """The summary of the complete run in `out`, or None if there is none (not started, or stopped)."""
-    path = Path(out) / "summary.json"
-    if path.exists():
-        summary = json.loads(path.read_text())
-        if summary.get("complete"):
-            return summary
-    return None
-
-
-def same_run(s: TrainSettings, out: Path) -> None:
-    """A checkpoint is only continued by the run that wrote it: refuse other settings in the same folder."""
-    path = out / "config.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    k = first_difference(s, saved)
-    if k is not None:
-        raise UsageError(f"{out} holds a run with other settings ({k}: {saved[k]!r} there, {getattr(s, k)!r} now); "
-                         f"choose another --out, or --resume {out} to continue it")
+from .runfolder import CHECKPOINT, FolderLock, check_writable, is_run, new_run_id, read_checkpoint, read_config, same_run
+from .settings import RunError, TrainSettings, UsageError, as_config
 
 
 # --- pieces ----------------------------------------------------------------------------------------
@@ -187,8 +156,9 @@ def make_logger(s: TrainSettings, out: Path):
 # --- the run ---------------------------------------------------------------------------------------
 
 class Trainer:
-    """Everything a run holds between steps. Built by `Trainer(s)` (which refuses mistakes before
-    writing anything), then `restore`, `step`, `validate` and `checkpoint` as the loop needs them."""
+    """Everything a run holds between steps. `Trainer(s)` refuses every mistake before it writes
+    anything; `claim` takes the run folder (and writes the step-0 checkpoint of a new run); then
+    `restore`, `step`, `validate` and `checkpoint` as the loop needs them."""
 
     def __init__(self, s: TrainSettings):
         self.s = s
@@ -197,46 +167,98 @@ class Trainer:
         torch.manual_seed(s.seed + self.rank_id)  # dropout; torch seeds itself at random otherwise
         self.device, self.dtype = device_and_dtype(s.device, s.dtype)
         self.out = Path(s.out)
+        self.continuing = is_run(self.out)
+        check_writable(self.out)
         self.tok = load_tokenizer(s.model)
         self.prep = prepare_data(s, self.tok)
+        self.data_sha256 = file_digest(s.data)
         self.model = build_model(s, self.device, self.dtype, s.seed)
-        self.ledger = Ledger.use(s.ledger, s.budget, s.convention)  # after every check: a mistake writes nothing
-        self.convention = get_convention(self.ledger.convention)
+        if self.tok.vocab_size > self.model.config.vocab_size:
+            raise UsageError(f"--model {s.model}: its vocabulary ({self.model.config.vocab_size}) is smaller than its "
+                             f"tokenizer's ({self.tok.vocab_size} tokens)")
+        self.convention = get_convention(self.ledger_convention())
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay)
         self.eval_flops = val_cost(self.model, self.convention, self.prep.val_ids)
         self.full_step = full_step_cost(self.model, self.convention, s.chunk, s.batch_size)
-        if self.ledger.remaining < self.full_step:
-            raise UsageError(f"{s.ledger}: the budget is spent ({self.ledger.total:.3e} of {self.ledger.budget:.3e} "
-                             f"FLOPs used; one step costs {self.full_step:.3e})")
+        self.check_budget()
         self.train_model = LossModule(self.model)
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.train_model)
         on_cuda_bf16 = self.device.type == "cuda" and self.dtype == torch.bfloat16
         self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda_bf16
                          else (lambda: torch.autocast("cpu", enabled=False)))
-        self.name = s.name if self.world == 1 else f"{s.name}/rank{self.rank_id}"
         self.step_no, self.best_val, self.tokens_seen, self.elapsed, self.flops_used = 0, math.inf, 0, 0.0, 0.0
         self.metrics: list[dict] = []
+        self.lock = self.ledger = self.run_id = None
+        self.last_checkpoint = 0
+
+    def ledger_convention(self) -> str:
+        """The convention the run is charged in: the ledger's own (checked against --convention and
+        --budget when those are given), or the flags' for a ledger still to be made."""
+        if Path(self.s.ledger).exists():
+            return Ledger.open(self.s.ledger, self.s.budget, self.s.convention).convention
+        return self.s.convention or "exact"
+
+    def check_budget(self) -> None:
+        """Refuse a run the ledger (or a new ledger's --budget) can't pay one step of."""
+        s = self.s
+        if not Path(s.ledger).exists():
+            budget = s.budget or DEFAULT_BUDGET
+            if budget < self.full_step:
+                raise UsageError(f"--budget {budget:.3g} can't pay for one step of this run ({self.full_step:.3e} "
+                                 f"FLOPs); no ledger was made")
+            return
+        ledger = Ledger.open(s.ledger)
+        if ledger.remaining < self.full_step:
+            raise UsageError(f"{s.ledger}: the budget is spent ({ledger.total:.3e} of {ledger.budget:.3e} FLOPs used; "
+                             f"one step costs {self.full_step:.3e})")
 
     # --- state -------------------------------------------------------------------------------------
+    def claim(self) -> None:
+        """Take the run folder (one process at a time), open or make the ledger, and fix the run id:
+        the folder's own when continuing, a new one (with a step-0 checkpoint) when starting."""
+        s = self.s
+        if self.main:
+            self.lock = FolderLock(self.out)
+            if is_run(self.out):
+                saved = read_config(self.out)
+                same_run(s, self.out, saved, self.data_sha256)
+                self.run_id = saved.get("run_id") or s.name  # a run from before run ids kept its name as key
+            else:
+                self.run_id = new_run_id()
+        self.ledger = Ledger.open(s.ledger, s.budget, s.convention)
+        if self.world > 1:
+            shared = [self.run_id]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            self.run_id = shared[0]
+        if self.main and not (self.out / CHECKPOINT).exists():
+            self.checkpoint()  # step 0, before config.json: a folder with a config always has a checkpoint
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    @property
+    def key(self) -> str:
+        """The run's key in the ledger (one per process under torchrun)."""
+        return self.run_id if self.world == 1 else f"{self.run_id}/rank{self.rank_id}"
+
     def restore(self) -> None:
-        """Continue from the run folder's checkpoint if there is one (same settings only); write config.json."""
-        path = self.out / CHECKPOINT
-        if path.exists():
-            same_run(self.s, self.out)
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        """Load the checkpoint (step 0 for a new run); rewrite config.json and metrics.jsonl up to it."""
+        trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        ckpt = read_checkpoint(self.out / CHECKPOINT, trainable)
+        try:
             with torch.no_grad():
-                named = dict(self.model.named_parameters())
                 for n, v in ckpt["trainable"].items():
-                    named[n].copy_(v)
+                    trainable[n].copy_(v)
             self.opt.load_state_dict(ckpt["optimizer"])
-            self.step_no, self.best_val, self.tokens_seen = ckpt["step"], ckpt["best_val"], ckpt["tokens"]
-            self.elapsed, self.flops_used = ckpt["seconds"], ckpt["flops"]
-            set_rng_state(ckpt["rng"])
-            if self.main:
-                print(f"resuming {self.out} from step {self.step_no}", file=sys.stderr)
-        self.out.mkdir(parents=True, exist_ok=True)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise UsageError(f"{self.out / CHECKPOINT}: its optimizer state does not fit this run ({e})") from None
+        self.step_no, self.best_val, self.tokens_seen = ckpt["step"], ckpt["best_val"], ckpt["tokens"]
+        self.elapsed, self.flops_used = ckpt["seconds"], ckpt["flops"]
+        self.last_checkpoint = self.step_no
+        set_rng_state(ckpt["rng"])
+        if self.main and self.continuing:
+            print(f"resuming {self.out} from step {self.step_no}", file=sys.stderr)
         metrics_path = self.out / "metrics.jsonl"
         self.metrics = read_metrics(metrics_path, upto=self.step_no)
         if self.main:
@@ -246,7 +268,8 @@ class Trainer:
     def config(self) -> dict:
         """config.json: the settings, then what they resolved to (split, scale, costs, sizes)."""
         p = self.prep
-        return {**as_config(self.s), "dtype": str(self.dtype).removeprefix("torch."), "world_size": self.world,
+        return {**as_config(self.s), "run_id": self.run_id, "data_sha256": self.data_sha256,
+                "dtype": str(self.dtype).removeprefix("torch."), "world_size": self.world,
                 "train_systems": p.train_systems, "validation_systems": p.val_systems,
                 "alpha_train": p.alpha_train, "alpha_validation": p.alpha_val, "windows": len(p.windows["input_ids"]),
                 "flops_per_full_step": self.full_step, "flops_per_validation": self.eval_flops,
@@ -261,6 +284,7 @@ class Trainer:
                  "optimizer": self.opt.state_dict(), "step": self.step_no, "best_val": self.best_val,
                  "tokens": self.tokens_seen, "seconds": self.elapsed, "flops": self.flops_used, "rng": rng_state()}
         atomic_write(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        self.last_checkpoint = self.step_no
         self.save_weights("last")
 
     def save_weights(self, kind: str) -> None:
@@ -303,18 +327,27 @@ class Trainer:
         if s.clip:
             torch.nn.utils.clip_grad_norm_(self.params, s.clip)
         self.opt.step()
-        self.step_no = nxt
         tokens = len(labels) * s.chunk
+        self.ledger.charge(self.key, "train", cost, name=s.name, tokens=tokens, step=nxt)  # computed, so charged
+        value = loss.item()
+        if not math.isfinite(value) or not all(torch.isfinite(p).all() for p in self.params):
+            raise RunError(f"step {nxt}: the training loss is {value} and the weights are "
+                           f"{'finite' if all(torch.isfinite(p).all() for p in self.params) else 'not finite'}; "
+                           f"stopped, keeping the last good checkpoint (step {self.last_checkpoint}) in {self.out}: "
+                           f"try a lower --lr or --clip")
+        self.step_no = nxt
         self.tokens_seen += tokens * self.world
-        self.ledger.charge(self.name, "train", cost, tokens=tokens, step=nxt)
         self.flops_used += cost
-        return loss.item()
+        return value
 
     def validate(self, cost: float) -> float:
         """The validation loss now, charged; the best weights saved when it is the lowest so far."""
         val = validation_loss(self.model, self.prep.val_ids, self.tok.pad_id or 0, self.device, self.autocast)
-        self.ledger.charge(self.name, "train", cost, key=f"validation-{self.step_no}", steps=0)
+        self.ledger.charge(self.key, "train", cost, name=self.s.name, key=f"validation-{self.step_no}", steps=0)
         self.flops_used += cost
+        if not math.isfinite(val):
+            raise RunError(f"step {self.step_no}: the validation loss is {val}; stopped, keeping the last good "
+                           f"checkpoint (step {self.last_checkpoint}) in {self.out}")
         if val < self.best_val:
             self.best_val = val
             self.save_weights("best")
@@ -324,6 +357,7 @@ class Trainer:
         """A metrics row for the step just taken, appended to metrics.jsonl (main process only)."""
         if not self.main:
             return
+        self.recorded = self.step_no
         row = {"step": self.step_no, "train_loss": train_loss, "val_loss": val,
                "lr": learning_rate(self.s, self.step_no), "tokens": self.tokens_seen, "flops": self.flops_used,
                "seconds": round(self.elapsed, 3)}
@@ -364,12 +398,25 @@ def progress_bar(t: Trainer):
 
 def train(s: TrainSettings) -> dict:
     """Run (or continue) one training run; returns its summary. Raises UsageError/LoadError/DataError
-    for a user's mistake, before any work. Ctrl-C checkpoints and returns with `interrupted` set."""
+    for a user's mistake, before any work; RunError when the loss or weights stop being finite (the
+    last good checkpoint kept). Ctrl-C checkpoints and returns with `interrupted` set."""
     t = Trainer(s)
+    try:
+        t.claim()
+        return loop(t)
+    finally:
+        if t.lock is not None:
+            t.lock.release()
+
+
+def loop(t: Trainer) -> dict:
+    """Steps until max_steps, the budget, Ctrl-C or a non-finite loss; returns the summary."""
+    s = t.s
     t.restore()
     logger = make_logger(s, t.out) if t.main else None
     bar = progress_bar(t)
-    stopped, interrupted = None, False
+    stopped, interrupted, loss = None, False, math.nan
+    t.recorded = t.step_no
     try:
         while t.step_no < s.max_steps:
             nxt = t.step_no + 1
@@ -385,6 +432,8 @@ def train(s: TrainSettings) -> dict:
             if nxt % s.checkpoint_every == 0:
                 t.checkpoint()
     except KeyboardInterrupt:
+        if t.recorded < t.step_no:  # stopped in the step's validation: keep the step's row all the same
+            t.record(loss, None, bar, logger)
         stopped = f"interrupted at step {t.step_no}; resume with: python train.py --resume {t.out}"
         interrupted = True
     finally:

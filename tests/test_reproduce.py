@@ -50,7 +50,7 @@ def test_plan_completes_and_resumes_to_the_same_ledger(series_file, tmp_path):
     assert min(v for v in choice["grid"].values()) == choice["best_setting"]["val_loss"]
     ledger = Ledger.open(whole / "ledger.json")
     assert 0 < ledger.total <= float(BUDGET)
-    assert {"eval-untuned", "eval-default", "eval-final"} <= set(ledger.experiments)
+    assert {"eval-untuned", "eval-default", "eval-final"} <= {e["name"] for e in ledger.experiments.values()}
     assert "stage 3: grid-r2-lr0.001" in err and "steps at" in err  # each stage says its plan first
 
     cut = tmp_path / "cut"

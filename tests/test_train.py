@@ -59,7 +59,8 @@ def test_training_lowers_validation_loss_and_charges_exact_flops(series_file, tm
     ledger = Ledger.open(tmp_path / "ledger.json")
     assert ledger.total == pytest.approx(expected, rel=1e-12)
     assert metrics[-1]["flops"] == pytest.approx(expected, rel=1e-12)
-    assert ledger.experiments[a.name]["steps"] == 200
+    run_id = json.loads((out / "config.json").read_text())["run_id"]
+    assert list(ledger.named(a.name)) == [run_id] and ledger.entry(run_id)["steps"] == 200
 
 
 def run_cli(args, **kw):
@@ -122,7 +123,8 @@ def test_sweep_writes_its_table_and_refuses_over_budget(series_file, tmp_path, c
     summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert len(summary["runs"]) == 4 and summary["best"]["rank"] in (2, 4)
     ledger = Ledger.open(tmp_path / "ledger.json")
-    assert set(ledger.experiments) == {"grid-r2-lr0.001", "grid-r2-lr0.01", "grid-r4-lr0.001", "grid-r4-lr0.01"}
+    assert sorted(e["name"] for e in ledger.experiments.values()) == [
+        "grid-r2-lr0.001", "grid-r2-lr0.01", "grid-r4-lr0.001", "grid-r4-lr0.01"]
     total = ledger.total
     assert train.main(argv) == 0  # done runs are read back, not paid again
     assert Ledger.open(tmp_path / "ledger.json").total == total
