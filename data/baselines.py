@@ -1,6 +1,8 @@
 """Classical forecasters on the same systems and metric as the language model.
 
 persistence: repeat the last observed step.
+parroting: copy what followed the stretch of the context most like its last steps (Zhang & Gilpin
+2025, "context parroting"); the next-best stretches give samples.
 ode_fit: fit the model family the simulator draws from (Rosenzweig-MacArthur by default, or the
 classical Lotka-Volterra) to the observed context by least squares, then integrate forward.
 
@@ -28,6 +30,59 @@ CLASSICAL_PARAMS = ("a", "b", "g", "c", "x0", "y0")
 def persistence(context: np.ndarray, horizon: int) -> np.ndarray:
     """(ctx, 2) -> (horizon, 2): the last step repeated."""
     return np.repeat(context[-1:], horizon, axis=0)
+
+
+PARROT_WINDOW = 5  # time steps matched; fixed, not fitted
+
+
+def parroting(context: np.ndarray, horizon: int, samples: int = 1, window: int = PARROT_WINDOW) -> np.ndarray:
+    """(ctx, 2) -> (samples, horizon, 2): for each of the `samples` stretches of `window` steps most like
+    the context's last `window` (Euclidean distance over both species, the nearest first), what
+    followed it, copied. A copy that reaches the end of the context goes on from its own copied
+    values, so a periodic series continues period after period."""
+    ctx = len(context)
+    window = max(1, min(window, ctx - 1))
+    last = context[ctx - window:]
+    starts = np.arange(0, ctx - window)  # stretches that have at least one step after them
+    distance = np.array([np.linalg.norm(context[i:i + window] - last) for i in starts])
+    order = starts[np.lexsort((-starts, distance))]  # nearest first; of equals, the most recent
+    out = []
+    for i in np.resize(order, samples):  # fewer stretches than samples: some repeat
+        series = list(context)
+        for k in range(horizon):
+            series.append(series[i + window + k])
+        out.append(np.array(series[ctx:]))
+    return np.stack(out)
+
+
+STATISTICAL = ("arima", "ets", "theta")  # statsforecast's AutoARIMA, AutoETS, AutoTheta
+LEVELS = (0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95)  # quantiles they give
+
+
+def statistical(contexts: np.ndarray, horizon: int, names=STATISTICAL) -> dict[str, np.ndarray]:
+    """{name: quantiles (systems, horizon, 2, len(LEVELS))} of statsforecast's automatic models, fitted to
+    each system's each species alone (season length 1), their prediction intervals read as quantiles
+    (the point forecast as the median). `contexts` (systems, ctx, 2). Needs `statsforecast`
+    (`pip install -e ".[baselines]"`); raises ImportError without it."""
+    import pandas as pd  # statsforecast's own dependency
+    from statsforecast import StatsForecast
+    from statsforecast.models import AutoARIMA, AutoETS, AutoTheta
+
+    made = {"arima": AutoARIMA, "ets": AutoETS, "theta": AutoTheta}
+    n, ctx, _ = contexts.shape
+    frame = pd.DataFrame({"unique_id": np.repeat(np.arange(n * 2), ctx), "ds": np.tile(np.arange(ctx), n * 2),
+                          "y": contexts.transpose(0, 2, 1).reshape(-1)})
+    widths = sorted({round(abs(1 - 2 * q) * 100) for q in LEVELS if q != 0.5})
+    models = [made[name](alias=name) for name in names]
+    fc = StatsForecast(models=models, freq=1, n_jobs=1).forecast(df=frame, h=horizon, level=widths)
+    fc = fc.sort_values(["unique_id", "ds"])
+    out = {}
+    for name in names:
+        columns = [name if q == 0.5 else f"{name}-{'lo' if q < 0.5 else 'hi'}-{round(abs(1 - 2 * q) * 100)}"
+                   for q in LEVELS]
+        values = fc[columns].to_numpy().reshape(n, 2, horizon, len(LEVELS)).transpose(0, 2, 1, 3)
+        out[name] = np.clip(np.sort(values, axis=-1), 0.0, None)  # populations: never below zero
+    return out
 
 
 def _rm_with_sensitivities(t, z, a, b, g, K, c, h):

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import lora
 from data import decode, make_splits, prompt, scale_for, step_pattern
-from data.baselines import ode_fit, persistence
+from data.baselines import LEVELS, STATISTICAL, ode_fit, parroting, persistence, statistical
 from data.files import atomic_write, file_digest, write_text
 from data.simulate import ensure_data
 from flops import Convention, Ledger, get_convention
@@ -32,7 +32,7 @@ from qwen_min.hub import resolve_dir
 
 from .costs import generation_bound, meta_model
 from .report import plot_forecasts, plot_horizon, results_markdown
-from .scoring import score_methods
+from .scoring import Forecast, score_methods
 from .runfolder import check_writable
 from .settings import EvalSettings, UsageError
 
@@ -107,7 +107,8 @@ def identity(s: EvalSettings, sel: "Selection", adapters: list[tuple[str, Path]]
     and adapter files, data file, systems, contexts, horizon, samples, temperature, decimals, seed,
     batch size, dtype), not of where its results go."""
     what = {"model": model_digest(s.model), "data": file_digest(s.data), "systems": list(map(int, sel.systems)),
-            "adapters": [(label, digest_of(sorted(p.iterdir()))) for label, p in adapters], "base": not s.no_base,
+            "adapters": [(label, digest_of([p / "adapter_config.json", p / "adapter_model.safetensors"]))
+                         for label, p in adapters], "base": not s.no_base,
             "contexts": s.contexts, "horizon": s.horizon, "samples": s.samples, "temperature": s.temperature,
             "decimals": s.decimals, "seed": s.seed, "batch_size": s.batch_size, "dtype": s.dtype, "split": s.split}
     return "eval-" + hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
@@ -117,8 +118,8 @@ def identity(s: EvalSettings, sel: "Selection", adapters: list[tuple[str, Path]]
 
 def forecast_model(model, tok, values: np.ndarray, s: EvalSettings, alpha: float, convention: Convention,
                    bar=None, charge=None) -> tuple[dict, dict, float]:
-    """Forecasts {ctx: (systems, horizon, 2)} in original units (the median of the samples), steps that
-    failed to parse {ctx: count}, and the FLOPs spent.
+    """Forecast samples {ctx: (systems, samples, horizon, 2)} in original units, steps that failed to
+    parse {ctx: count}, and the FLOPs spent.
 
     Each generation batch holds `batch_size` systems with every context and every sample, so a
     system's shorter contexts and repeated samples share the prefill of its longest prompt.
@@ -143,7 +144,7 @@ def forecast_model(model, tok, values: np.ndarray, s: EvalSettings, alpha: float
         for j, (v, ctx) in enumerate(jobs):
             samples = [parse_forecast(tok.decode(ids), v, ctx, s, alpha, failed)
                        for ids in out[j * s.samples:(j + 1) * s.samples]]
-            preds[ctx].append(np.median(np.stack(samples), axis=0))
+            preds[ctx].append(np.stack(samples))
         if bar is not None:
             bar.update(len(batch))
     return ({ctx: np.stack(p) for ctx, p in preds.items()},
@@ -180,8 +181,9 @@ def forecast_language_models(s: EvalSettings, sel: Selection, adapters: list[tup
 
         def charge(first, end, spent, label=label):  # one key per batch: a re-run charges only what was not
             ledger.charge(key, "eval", spent, name=s.ledger_name, tokens=0, steps=0, key=f"{label}|systems{first}-{end}")
-        forecasts[label], failed[label], flops[label] = forecast_model(model, tok, sel.values, s, sel.alpha,
-                                                                       convention, bar, charge)
+        samples, failed[label], flops[label] = forecast_model(model, tok, sel.values, s, sel.alpha, convention, bar,
+                                                             charge)
+        forecasts[label] = {ctx: Forecast(samples[ctx]) for ctx in s.contexts}
         del model
     return forecasts, failed, flops
 
@@ -222,14 +224,33 @@ def forecast_ode(time, values, s: EvalSettings, bar=None) -> tuple[dict[int, np.
 
 
 def forecast_baselines(s: EvalSettings, sel: Selection, bar) -> tuple[dict, dict]:
-    """The baselines' forecasts, and what the results say of how the ODE fit was bounded."""
-    forecasts = {"persistence": {ctx: np.stack([persistence(v[:ctx], s.horizon) for v in sel.values])
-                                 for ctx in s.contexts}}
-    if s.no_ode_fit:
-        return forecasts, {}
-    forecasts["ode_fit"], fell_back = forecast_ode(sel.time, sel.values, s, bar)
-    return forecasts, {"model": s.ode_model, "rhs_evaluations_per_fit": s.ode_evaluations, "fits": len(sel.values) * len(s.contexts),
-                       "fits_without_result_persistence_used": fell_back}
+    """The baselines' forecasts {method: {ctx: Forecast}}, and what the results say of each: persistence
+    and the ODE fit are point forecasts; parroting gives `samples` samples from the nearest stretches;
+    the statistical models give quantiles from their prediction intervals."""
+    chosen, out, about = s.methods, {}, {}
+    point = lambda fc: Forecast(fc[:, None])  # noqa: E731  (systems, horizon, 2) -> one sample
+    if "persistence" in chosen:
+        out["persistence"] = {ctx: point(np.stack([persistence(v[:ctx], s.horizon) for v in sel.values]))
+                              for ctx in s.contexts}
+    if "parroting" in chosen:
+        out["parroting"] = {ctx: Forecast(np.stack([parroting(v[:ctx], s.horizon, s.samples) for v in sel.values]))
+                            for ctx in s.contexts}
+        about["parroting"] = {"window_steps": 5, "samples": s.samples, "rule": "nearest stretches of the context, "
+                              "by Euclidean distance over both species; what followed each, copied"}
+    for name in [m for m in STATISTICAL if m in chosen]:
+        for ctx in s.contexts:
+            quantiles = statistical(sel.values[:, :ctx], s.horizon, (name,))[name]
+            out.setdefault(name, {})[ctx] = Forecast(quantiles=quantiles, levels=LEVELS)
+        about[name] = {"library": "statsforecast", "model": {"arima": "AutoARIMA", "ets": "AutoETS",
+                                                              "theta": "AutoTheta"}[name],
+                       "season_length": 1, "quantiles_from_intervals": list(LEVELS)}
+    if "ode_fit" in chosen:
+        fc, fell_back = forecast_ode(sel.time, sel.values, s, bar)
+        out["ode_fit"] = {ctx: point(fc[ctx]) for ctx in s.contexts}
+        about["ode_fit"] = {"model": s.ode_model, "rhs_evaluations_per_fit": s.ode_evaluations,
+                            "fits": len(sel.values) * len(s.contexts), "fits_without_result_persistence_used": fell_back,
+                            "point_forecast": True}
+    return out, about
 
 
 # --- the whole evaluation --------------------------------------------------------------------------
@@ -248,11 +269,11 @@ def evaluate(s: EvalSettings) -> dict:
     key = identity(s, sel, adapters)
     ledger = Ledger.open(s.ledger, s.budget, s.convention)
     n_models = len(adapters) + (0 if (adapters and s.no_base) else 1)
-    bar = None if s.quiet else tqdm(total=n_models * len(sel.values) + (0 if s.no_ode_fit else len(sel.values)),
+    bar = None if s.quiet else tqdm(total=n_models * len(sel.values) + (len(sel.values) if "ode_fit" in s.methods else 0),
                                     desc="systems", dynamic_ncols=True)
     try:
         forecasts, failed, flops = forecast_language_models(s, sel, adapters, tok, ledger, key, bar, device, dtype)
-        baselines, ode = forecast_baselines(s, sel, bar)
+        baselines, about = forecast_baselines(s, sel, bar)
         forecasts.update(baselines)
     finally:
         if bar is not None:
@@ -263,7 +284,8 @@ def evaluate(s: EvalSettings) -> dict:
                "adapters": [str(p) for _, p in adapters], "ledger_key": key,
                "decoding": {"samples": s.samples, "temperature": s.temperature,
                             "grammar": "".join(c if len(c) == 1 else "D" for c in step_pattern(s.decimals))},
-               "convention": ledger.convention, "flops": sum(flops.values()), "ode_fit": ode,
+               "convention": ledger.convention, "flops": sum(flops.values()), "baselines": about,
+               "ode_fit": about.get("ode_fit", {}),
                "methods": score_methods(forecasts, truth, sel.alpha, s.contexts, failed, flops)}
     write_results(s, sel, results, forecasts)
     return results
@@ -278,11 +300,14 @@ def write_results(s: EvalSettings, sel: Selection, results: dict, forecasts: dic
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    medians = {m: {ctx: fc[ctx].median() for ctx in s.contexts} for m, fc in forecasts.items()}
     arrays = {"systems": np.asarray(sel.systems), "time": sel.time,
               **{f"truth|{ctx}": sel.values[:, :ctx + s.horizon] for ctx in s.contexts},
-              **{f"{m}|{ctx}": fc[ctx] for m, fc in forecasts.items() for ctx in s.contexts}}
+              **{f"{m}|{ctx}": medians[m][ctx] for m in medians for ctx in s.contexts},
+              **{f"{m}|{ctx}|q{q:g}": forecasts[m][ctx].quantile(q) for m in medians for ctx in s.contexts
+                 for q in (0.05, 0.25, 0.75, 0.95) if not forecasts[m][ctx].point}}
     atomic_write(out / "forecasts.npz", lambda tmp: save_npz(tmp, arrays))
     write_text(out / "results.md", results_markdown(results))
     plot_horizon(results, out / "mae_vs_horizon.png")
     plot_forecasts(sel.values, sel.time, forecasts, sel.systems, s.plot_systems, s.contexts, s.horizon,
-                   out / "forecasts.png")
+                   out / "forecasts.png", title=f"{s.model}, {s.split} systems of {Path(s.data).name}")

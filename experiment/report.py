@@ -17,7 +17,7 @@ from flops import Ledger  # noqa: E402
 from flops.report import component_table, format_table  # noqa: E402
 
 from .costs import meta_model  # noqa: E402
-from .scoring import SPECIES  # noqa: E402
+from .scoring import SPECIES, Forecast  # noqa: E402
 
 
 def save_figure(fig, path: Path, dpi: int) -> None:
@@ -69,60 +69,105 @@ def sweep_markdown(lrs, ranks, max_steps: int, fraction: float, value, best: dic
 # --- an evaluation ---------------------------------------------------------------------------------
 
 def results_markdown(results: dict) -> str:
-    """results.md: MAE per context, combined, per species, failed steps and FLOPs, a row per method."""
+    """results.md: per method, MAE per context, combined MAE and CRPS, 50% and 90% coverage, per
+    species, failed steps and FLOPs; a point forecast's coverage is '-'."""
     ctxs = results["contexts"]
-    lines = ["| method | " + " | ".join(f"MAE ctx {c}" for c in ctxs) + " | combined MAE | prey | predator | failed steps | FLOPs |",
-             "| --- |" + " ---: |" * (len(ctxs) + 5)]
+    lines = ["| method | forecast | " + " | ".join(f"MAE ctx {c}" for c in ctxs) + " | combined MAE | CRPS | "
+             "50% coverage | 90% coverage | 90% width | prey | predator | failed steps | FLOPs |",
+             "| --- | --- |" + " ---: |" * (len(ctxs) + 9)]
     for method, r in results["methods"].items():
         per = r["contexts"]
         prey = np.mean([per[str(c)]["mae_by_species"]["prey"] for c in ctxs])
         pred = np.mean([per[str(c)]["mae_by_species"]["predator"] for c in ctxs])
         failed = sum(per[str(c)]["failed_steps"] for c in ctxs)
-        lines.append(f"| {method} | " + " | ".join(f"{per[str(c)]['mae']:.4f}" for c in ctxs)
-                     + f" | **{r['combined_mae']:.4f}** | {prey:.4f} | {pred:.4f} | {failed} | {r.get('flops', 0.0):.3g} |")
-    return ("MAE in scaled units (values / alpha, alpha = " + f"{results['alpha']:.4f}), "
-            f"{results['horizon']} steps, {len(results['systems'])} {results['split']} systems of {results['data']}.\n\n"
+        lines.append(f"| {method} | {'point' if r.get('point_forecast') else 'distribution'} | "
+                     + " | ".join(f"{per[str(c)]['mae']:.4f}" for c in ctxs)
+                     + f" | **{r['combined_mae']:.4f}** | {cell(r.get('combined_crps'))} | "
+                     + " | ".join(cell(mean_over(per, ctxs, k)) for k in ("coverage_50", "coverage_90", "width_90"))
+                     + f" | {prey:.4f} | {pred:.4f} | {failed} | {r.get('flops', 0.0):.3g} |")
+    d = results.get("decoding", {})
+    return ("MAE, CRPS and interval widths in scaled units (values / alpha, alpha = " + f"{results['alpha']:.4f}), "
+            f"{results['horizon']} steps, {len(results['systems'])} {results['split']} systems of {results['data']}; "
+            f"the model's {d.get('samples', 1)} sample(s) per prompt at temperature {d.get('temperature', 0)}. "
+            "Coverage is the share of true values inside the central interval; a point forecast has none.\n\n"
             + "\n".join(lines) + "\n")
 
 
-def plot_horizon(results: dict, path: Path) -> None:
-    """MAE against steps ahead, a panel per species and context, a line per method."""
+def cell(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def mean_over(per: dict, ctxs, key: str) -> float | None:
+    values = [per[str(c)].get(key) for c in ctxs]
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def plot_horizon(results: dict, path: Path, title: str | None = None) -> None:
+    """MAE against steps ahead, a panel per species and context, and CRPS (both species) below; a line per method."""
     ctxs = results["contexts"]
-    fig, axes = plt.subplots(2, len(ctxs), figsize=(5 * len(ctxs), 7), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(3, len(ctxs), figsize=(5 * len(ctxs), 9.5), squeeze=False, sharex=True)
     steps = np.arange(1, results["horizon"] + 1)
     for j, c in enumerate(ctxs):
+        for method, r in results["methods"].items():
+            per = r["contexts"][str(c)]
+            for i, s in enumerate(SPECIES):
+                axes[i, j].plot(steps, per["mae_by_step_species"][s], marker=".", label=method)
+            if "crps_by_step" in per:
+                axes[2, j].plot(steps, per["crps_by_step"], marker=".", label=method)
         for i, s in enumerate(SPECIES):
-            ax = axes[i, j]
-            for method, r in results["methods"].items():
-                ax.plot(steps, r["contexts"][str(c)]["mae_by_step_species"][s], marker=".", label=method)
-            ax.set_title(f"{s}, context {c}")
-            ax.set_ylabel("MAE (scaled units)")
+            axes[i, j].set_title(f"{s}, context {c}")
+            axes[i, j].set_ylabel("MAE (scaled units)")
+        axes[2, j].set_title(f"both species, context {c}")
+        axes[2, j].set_ylabel("CRPS (scaled units)")
+        for ax in axes[:, j]:
             ax.grid(alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("steps ahead")
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8)
+    fig.suptitle(title or f"{results.get('model', '')} on {Path(str(results.get('data', ''))).name}", y=0.995)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     save_figure(fig, path, 110)
 
 
-def plot_forecasts(values, time, forecasts: dict, systems: list[int], picks: list[int], ctxs, horizon, path: Path) -> None:
-    """Truth and every method's forecast for the systems at positions `picks`, a panel per context."""
+def as_forecast(fc) -> Forecast:
+    return fc if isinstance(fc, Forecast) else Forecast(np.asarray(fc)[:, None])
+
+
+def plot_forecasts(values, time, forecasts: dict, systems: list[int], picks: list[int], ctxs, horizon, path: Path,
+                   title: str = "") -> None:
+    """Fan charts: for the systems at positions `picks`, a row per system and species, a column per
+    context: the truth (context and what followed), and each method's median with its 50% and 90%
+    central intervals, every method in its own colour; the context's end marked."""
     picks = [p for p in picks if 0 <= p < len(values)] or [0]
-    fig, axes = plt.subplots(len(picks), len(ctxs), figsize=(6 * len(ctxs), 3.2 * len(picks)), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(2 * len(picks), len(ctxs), figsize=(6 * len(ctxs), 2.6 * 2 * len(picks)), squeeze=False)
     for r, pos in enumerate(picks):
         for c, ctx in enumerate(ctxs):
-            ax = axes[r, c]
-            for i, (s, colour) in enumerate(zip(SPECIES, ("tab:blue", "tab:red"))):
-                ax.plot(time[:ctx + horizon], values[pos, :ctx + horizon, i], color=colour, lw=1.5, label=f"{s} (truth)")
-                for k, (method, fc) in enumerate(forecasts.items()):
-                    ax.plot(time[ctx:ctx + horizon], fc[ctx][pos, :, i], ls=("--", ":", "-.", (0, (1, 3)))[k % 4],
-                            color=colour, alpha=0.8, label=f"{s} ({method})")
-            ax.axvline(time[ctx - 1], color="grey", lw=0.8)
-            ax.set_title(f"system {systems[pos]}, context {ctx}")
-            ax.set_xlabel("time")
-    axes[0, 0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    save_figure(fig, path, 110)
+            for i, species in enumerate(SPECIES):
+                ax = axes[2 * r + i, c]
+                ax.plot(time[:ctx + horizon], values[pos, :ctx + horizon, i], color="black", lw=1.3, label="truth")
+                for k, (method, per_ctx) in enumerate(forecasts.items()):
+                    fc, colour, t = as_forecast(per_ctx[ctx]), colours[k % len(colours)], time[ctx:ctx + horizon]
+                    if not fc.point:
+                        for width, shade in ((0.9, 0.15), (0.5, 0.3)):
+                            low, high = fc.quantile((1 - width) / 2)[pos, :, i], fc.quantile((1 + width) / 2)[pos, :, i]
+                            ax.fill_between(t, low, high, color=colour, alpha=shade, lw=0)
+                    ax.plot(t, fc.median()[pos, :, i], color=colour, lw=1.2, ls="--", label=method)
+                ax.axvline(time[ctx - 1], color="grey", lw=0.8, ls=":")
+                ax.annotate("context end", (time[ctx - 1], 1), xycoords=("data", "axes fraction"), fontsize=7,
+                            ha="right", va="top", rotation=90, color="grey")
+                ax.set_title(f"system {systems[pos]}, {species}, context {ctx}", fontsize=9)
+                ax.set_ylabel(f"{species} (file's units)")
+                ax.set_xlabel("time (file's units)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles += [plt.Rectangle((0, 0), 1, 1, color="grey", alpha=0.3), plt.Rectangle((0, 0), 1, 1, color="grey", alpha=0.15)]
+    labels += ["50% interval", "90% interval"]
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8)
+    if title:
+        fig.suptitle(title, y=0.999, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    save_figure(fig, path, 100)
 
 
 # --- the plan --------------------------------------------------------------------------------------
@@ -139,15 +184,17 @@ def plan_report(a, out: Path, ledger: Ledger, config, choice: dict, evals: dict,
     table3 = format_table(component_table(meta_model(config, rank=best["rank"]), a.chunk, ledger.convention),
                           ledger.convention, a.chunk)
     grid_lines = grid_table(a.lrs, a.ranks, lambda r, lr: choice["grid"].get(f"grid-r{r}-lr{lr:g}"))
-    mae_lines = ["| model | " + " | ".join(f"MAE ctx {c}" for c in a.ctx) + " | combined MAE |",
-                 "| --- |" + " ---: |" * (len(a.ctx) + 1)]
+    mae_lines = ["| model | " + " | ".join(f"MAE ctx {c}" for c in a.ctx)
+                 + " | combined MAE | CRPS | 50% coverage | 90% coverage |", "| --- |" + " ---: |" * (len(a.ctx) + 4)]
     baselines = next((e for e in (evals["tuned LoRA"], evals["default LoRA"], evals["untuned"]) if e), None)
     rows = [(label, model_method(e)) for label, e in evals.items() if e]
     if baselines:
-        rows += [(m, baselines["methods"][m]) for m in ("persistence", "ode_fit") if m in baselines["methods"]]
+        rows += [(m, r) for m, r in baselines["methods"].items() if not m.startswith("model")]
     for label, m in rows:
         mae_lines.append(f"| {label} | " + " | ".join(f"{m['contexts'][str(c)]['mae']:.4f}" for c in a.ctx)
-                         + f" | **{m['combined_mae']:.4f}** |")
+                         + f" | **{m['combined_mae']:.4f}** | {cell(m.get('combined_crps'))} | "
+                         + " | ".join(cell(mean_over(m["contexts"], a.ctx, k)) for k in ("coverage_50", "coverage_90"))
+                         + " |")
     figures = plan_figures(a, out, evals, folders)
     text = [f"# Experiment plan: {a.model}", "",
             f"Budget {a.budget:.3e} FLOPs ({ledger.convention} convention), shares {a.shares}; "
@@ -160,7 +207,7 @@ def plan_report(a, out: Path, ledger: Ledger, config, choice: dict, evals: dict,
             + ", ".join(f"{c}: {'-' if v is None else f'{v:.4f}'}" for c, v in choice["chunks"].items())
             + f", so chunk {choice['best_chunk']}. The rule and numbers are in `choice.json`.", "",
             "## Table 5: FLOPs per experiment", "", ledger.table(), "",
-            "## Forecast MAE (scaled units, 20 steps)", "", *mae_lines, "",
+            "## Forecast MAE and CRPS (scaled units, 20 steps) and interval coverage", "", *mae_lines, "",
             "Per-model details: " + ", ".join(f"[{k}]({v}/results.md)" for k, v in folders.items() if evals.get(k)) + ".", "",
             "## Figures", ""]
     for caption, path in figures:
@@ -175,11 +222,11 @@ def plan_figures(a, out: Path, evals: dict, folders: dict) -> list[tuple[str, st
         return []
     first = next(iter(present.values()))
     methods = {label: model_method(e) for label, e in present.items()}
-    for m in ("persistence", "ode_fit"):
-        if m in first["methods"]:
-            methods[m] = first["methods"][m]
+    for m, r in first["methods"].items():
+        if not m.startswith("model"):
+            methods[m] = r
     plot_horizon({"contexts": first["contexts"], "horizon": first["horizon"], "methods": methods},
-                 out / "mae_vs_horizon.png")
+                 out / "mae_vs_horizon.png", title=f"{a.model} on {Path(a.data).name}: the three models and the baselines")
     figures = [("MAE against steps ahead, per species and context: the three models and the baselines", "mae_vs_horizon.png")]
     forecasts, saved = {}, None
     for label, folder in folders.items():

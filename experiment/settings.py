@@ -14,6 +14,7 @@ checkpoint is continued only by settings equal to it in every defining field.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -44,6 +45,14 @@ def need(ok: bool, message: str) -> None:
 
 def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def check_lora(rank, alpha, dropout) -> None:
+    """LoRA's own checks, in the flags' names."""
+    try:
+        lora.check_config(rank, alpha, dropout, name=lambda key: f"--{key}")
+    except LoadError as e:
+        raise UsageError(str(e)) from None
 
 
 def check_shared(s) -> None:
@@ -123,11 +132,7 @@ class CommonTrain:
             lora.parse_targets(self.targets)
         except LoadError as e:
             raise UsageError(f"--targets: {e}") from None
-        try:
-            lora.check_config(self.rank if isinstance(self, TrainSettings) else 1, self.alpha, self.dropout,
-                              name=lambda key: f"--{key}")
-        except LoadError as e:
-            raise UsageError(str(e)) from None
+        check_lora(1, self.alpha, self.dropout)  # the rank: each run's own (a sweep has several)
 
     @property
     def scratch(self) -> bool:
@@ -146,8 +151,7 @@ class TrainSettings(CommonTrain):
     name: str | None = opt(None, "experiment name in the ledger (default from the settings)", type=str)
 
     def check(self) -> None:
-        if self.rank <= 0:
-            raise UsageError(f"--rank must be a positive integer, got {self.rank}")
+        check_lora(self.rank, self.alpha, self.dropout)
         need(finite(self.lr) and self.lr > 0, f"--lr must be positive, got {self.lr}")
         if self.max_steps < 1:
             raise UsageError("--batch-size, --max-steps, --eval-every and --checkpoint-every must be at least 1")
@@ -225,7 +229,10 @@ class EvalSettings:
                                "ledger keeps its own, and another value is refused)", type=float)
     convention: str | None = opt(None, "FLOPs convention of a new ledger (default exact; an existing ledger keeps its "
                                  "own)", type=str, choices=("exact", "coursework"))
-    no_ode_fit: bool = opt(False, "skip the ODE-fit baseline")
+    baselines: list[str] = opt(["persistence", "parroting", "ode_fit"], "baselines scored on the same systems "
+                               "(arima, ets, theta need `pip install -e \".[baselines]\"`)", type=str, nargs="*",
+                               choices=("persistence", "parroting", "ode_fit", "arima", "ets", "theta"))
+    no_ode_fit: bool = opt(False, "skip the ODE-fit baseline (the same as leaving ode_fit out of --baselines)")
     ode_model: str = opt("rosenzweig-macarthur", "model family the ODE fit uses",
                          choices=("rosenzweig-macarthur", "classical"))
     ode_evaluations: int = opt(400_000, "calls of the ODE's right-hand side the fit may spend per system and context "
@@ -250,8 +257,17 @@ class EvalSettings:
                              f"time points; {self.data} has {n_points}")
         if self.samples < 1 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
             raise UsageError("--samples, --batch-size and --limit must be at least 1")
+        statistical = [b for b in self.baselines if b in ("arima", "ets", "theta")]
+        need(not statistical or importlib.util.find_spec("statsforecast") is not None,
+             f"--baselines {' '.join(statistical)} needs statsforecast, which is not installed: "
+             f"pip install -e \".[baselines]\"")
         if self.samples > 1 and self.temperature <= 0:
             raise UsageError("--samples > 1 needs --temperature > 0 (greedy samples would all be equal)")
+
+    @property
+    def methods(self) -> list[str]:
+        """The baselines to score, each once, --no-ode-fit applied."""
+        return [b for b in dict.fromkeys(self.baselines) if not (b == "ode_fit" and self.no_ode_fit)]
 
     @property
     def contexts(self) -> list[int]:

@@ -191,7 +191,7 @@ class Trainer:
         self.step_no, self.best_val, self.tokens_seen, self.elapsed, self.flops_used = 0, math.inf, 0, 0.0, 0.0
         self.metrics: list[dict] = []
         self.lock = self.ledger = self.run_id = None
-        self.last_checkpoint = 0
+        self.last_checkpoint = self.recorded = 0  # the last step checkpointed, and given a metrics row
 
     def ledger_convention(self) -> str:
         """The convention the run is charged in: the ledger's own (checked against --convention and
@@ -255,7 +255,7 @@ class Trainer:
             raise UsageError(f"{self.out / CHECKPOINT}: its optimizer state does not fit this run ({e})") from None
         self.step_no, self.best_val, self.tokens_seen = ckpt["step"], ckpt["best_val"], ckpt["tokens"]
         self.elapsed, self.flops_used = ckpt["seconds"], ckpt["flops"]
-        self.last_checkpoint = self.step_no
+        self.last_checkpoint = self.recorded = self.step_no
         set_rng_state(ckpt["rng"])
         if self.main and self.continuing:
             print(f"resuming {self.out} from step {self.step_no}", file=sys.stderr)
@@ -416,7 +416,6 @@ def loop(t: Trainer) -> dict:
     logger = make_logger(s, t.out) if t.main else None
     bar = progress_bar(t)
     stopped, interrupted, loss = None, False, math.nan
-    t.recorded = t.step_no
     try:
         while t.step_no < s.max_steps:
             nxt = t.step_no + 1

@@ -30,7 +30,7 @@ def test_tiny_preset_writes_every_output(series_file, tmp_path):
     for name in ("results.json", "results.md", "mae_vs_horizon.png", "forecasts.png"):
         assert (out / name).is_file(), name
     r = json.loads((out / "results.json").read_text())
-    assert set(r["methods"]) == {"model", "persistence", "ode_fit"} and len(r["systems"]) == 8
+    assert set(r["methods"]) == {"model", "persistence", "parroting", "ode_fit"} and len(r["systems"]) == 8
     assert r["alpha"] > 0 and r["data"] == str(series_file) and r["flops"] > 0
     for method in r["methods"].values():
         assert set(method["contexts"]) == {"40", "80"}
