@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import lora
 from data import decode, make_splits, prompt, scale_for, step_pattern
-from data.baselines import LEVELS, STATISTICAL, ode_fit, parroting, persistence, statistical
+from data.baselines import LEVELS, PARROT_WINDOW, STATISTICAL, ode_fit, parroting, persistence, statistical
 from data.files import atomic_write, file_digest, write_text
 from data.simulate import ensure_data
 from flops import Convention, Ledger, get_convention
@@ -235,7 +235,7 @@ def forecast_baselines(s: EvalSettings, sel: Selection, bar) -> tuple[dict, dict
     if "parroting" in chosen:
         out["parroting"] = {ctx: Forecast(np.stack([parroting(v[:ctx], s.horizon, s.samples) for v in sel.values]))
                             for ctx in s.contexts}
-        about["parroting"] = {"window_steps": 5, "samples": s.samples, "rule": "nearest stretches of the context, "
+        about["parroting"] = {"window_steps": PARROT_WINDOW, "samples": s.samples, "rule": "nearest stretches of the context, "
                               "by Euclidean distance over both species; what followed each, copied"}
     for name in [m for m in STATISTICAL if m in chosen]:
         for ctx in s.contexts:

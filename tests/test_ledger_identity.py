@@ -271,3 +271,23 @@ def test_property_ledger_equals_what_was_computed_and_stays_within_budget(series
     computed = sum(summary(p)["flops"] for p in runs) + sum(evals.values())
     assert Ledger.open(ledger).total == pytest.approx(computed, rel=1e-12)
     assert Ledger.open(ledger).total <= budget
+
+
+def test_resume_rewrites_metrics_and_config_atomically(series_file, tmp_path, monkeypatch):
+    """A resume rewrites metrics.jsonl (cut to the checkpoint) and config.json; killed at that write,
+    the old files stay whole (they were rewritten in place, so a kill lost every row)."""
+    import data.files
+
+    run = tmp_path / "run"
+    assert train.main(train_args(series_file, tmp_path / "l.json", run, "--max-steps", "2")) == 0
+    before = {name: (run / name).read_text() for name in ("metrics.jsonl", "config.json")}
+    real = data.files.os.replace
+
+    def die_on_rewrite(src, dst):
+        if str(dst).endswith(("metrics.jsonl", "config.json")):
+            raise Killed
+        return real(src, dst)
+    monkeypatch.setattr(data.files.os, "replace", die_on_rewrite)
+    with pytest.raises(Killed):
+        train.main(["--resume", str(run), "--max-steps", "4", "--quiet"])
+    assert {name: (run / name).read_text() for name in before} == before
