@@ -55,25 +55,24 @@ def parroting(context: np.ndarray, horizon: int, samples: int = 1, window: int =
     return np.stack(out)
 
 
-STATISTICAL = ("arima", "ets", "theta")  # statsforecast's AutoARIMA, AutoETS, AutoTheta
+STATISTICAL = {"arima": "AutoARIMA", "ets": "AutoETS", "theta": "AutoTheta"}  # our names: statsforecast's models
 LEVELS = (0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95)  # quantiles they give
 
 
-def statistical(contexts: np.ndarray, horizon: int, names=STATISTICAL) -> dict[str, np.ndarray]:
+def statistical(contexts: np.ndarray, horizon: int, names=tuple(STATISTICAL)) -> dict[str, np.ndarray]:
     """{name: quantiles (systems, horizon, 2, len(LEVELS))} of statsforecast's automatic models, fitted to
     each system's each species alone (season length 1), their prediction intervals read as quantiles
     (the point forecast as the median). `contexts` (systems, ctx, 2). Needs `statsforecast`
     (`pip install -e ".[baselines]"`); raises ImportError without it."""
-    import pandas as pd  # statsforecast's own dependency
+    import pandas as pd  # statsforecast's own dependency; both optional, so imported only here
+    import statsforecast.models
     from statsforecast import StatsForecast
-    from statsforecast.models import AutoARIMA, AutoETS, AutoTheta
 
-    made = {"arima": AutoARIMA, "ets": AutoETS, "theta": AutoTheta}
     n, ctx, _ = contexts.shape
     frame = pd.DataFrame({"unique_id": np.repeat(np.arange(n * 2), ctx), "ds": np.tile(np.arange(ctx), n * 2),
                           "y": contexts.transpose(0, 2, 1).reshape(-1)})
     widths = sorted({round(abs(1 - 2 * q) * 100) for q in LEVELS if q != 0.5})
-    models = [made[name](alias=name) for name in names]
+    models = [getattr(statsforecast.models, STATISTICAL[name])(alias=name) for name in names]
     fc = StatsForecast(models=models, freq=1, n_jobs=1).forecast(df=frame, h=horizon, level=widths)
     fc = fc.sort_values(["unique_id", "ds"])
     out = {}

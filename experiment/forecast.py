@@ -237,13 +237,12 @@ def forecast_baselines(s: EvalSettings, sel: Selection, bar) -> tuple[dict, dict
                             for ctx in s.contexts}
         about["parroting"] = {"window_steps": PARROT_WINDOW, "samples": s.samples, "rule": "nearest stretches of the context, "
                               "by Euclidean distance over both species; what followed each, copied"}
-    for name in [m for m in STATISTICAL if m in chosen]:
-        for ctx in s.contexts:
-            quantiles = statistical(sel.values[:, :ctx], s.horizon, (name,))[name]
+    names = tuple(m for m in STATISTICAL if m in chosen)
+    for ctx in s.contexts if names else ():
+        for name, quantiles in statistical(sel.values[:, :ctx], s.horizon, names).items():
             out.setdefault(name, {})[ctx] = Forecast(quantiles=quantiles, levels=LEVELS)
-        about[name] = {"library": "statsforecast", "model": {"arima": "AutoARIMA", "ets": "AutoETS",
-                                                              "theta": "AutoTheta"}[name],
-                       "season_length": 1, "quantiles_from_intervals": list(LEVELS)}
+            about[name] = {"library": "statsforecast", "model": STATISTICAL[name], "season_length": 1,
+                           "quantiles_from_intervals": list(LEVELS)}
     if "ode_fit" in chosen:
         fc, fell_back = forecast_ode(sel.time, sel.values, s, bar)
         out["ode_fit"] = {ctx: point(fc[ctx]) for ctx in s.contexts}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import lora
+from data.baselines import STATISTICAL
 from flops.ledger import DEFAULT_BUDGET
 from qwen_min import LoadError
 
@@ -231,7 +232,7 @@ class EvalSettings:
                                  "own)", type=str, choices=("exact", "coursework"))
     baselines: list[str] = opt(["persistence", "parroting", "ode_fit"], "baselines scored on the same systems "
                                "(arima, ets, theta need `pip install -e \".[baselines]\"`)", type=str, nargs="*",
-                               choices=("persistence", "parroting", "ode_fit", "arima", "ets", "theta"))
+                               choices=("persistence", "parroting", "ode_fit", *STATISTICAL))
     no_ode_fit: bool = opt(False, "skip the ODE-fit baseline (the same as leaving ode_fit out of --baselines)")
     ode_model: str = opt("rosenzweig-macarthur", "model family the ODE fit uses",
                          choices=("rosenzweig-macarthur", "classical"))
@@ -257,7 +258,7 @@ class EvalSettings:
                              f"time points; {self.data} has {n_points}")
         if self.samples < 1 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
             raise UsageError("--samples, --batch-size and --limit must be at least 1")
-        statistical = [b for b in self.baselines if b in ("arima", "ets", "theta")]
+        statistical = [b for b in self.baselines if b in STATISTICAL]
         need(not statistical or importlib.util.find_spec("statsforecast") is not None,
              f"--baselines {' '.join(statistical)} needs statsforecast, which is not installed: "
              f"pip install -e \".[baselines]\"")
