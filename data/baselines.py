@@ -174,14 +174,14 @@ def _starts(model: str, context: np.ndarray, n: int, rng: np.random.Generator) -
 
 def ode_fit(time: np.ndarray, context: np.ndarray, horizon: int, model: str = "rosenzweig-macarthur",
             starts: int = 8, warm: np.ndarray | None = None, seed: int = 0, tol: float = 1e-6,
-            max_evaluations: float = UNBOUNDED) -> tuple[np.ndarray, np.ndarray]:
+            max_evaluations: float = UNBOUNDED, report: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fit to `context` (ctx, 2) observed at time[:ctx]; return (forecast (horizon, 2), fitted parameters).
 
     Tries `warm` (e.g. the fit on a shorter context) first, then `starts` points; stops as soon as
     the RMS residual is below `tol` times the data's scale, or when the search has called the ODE's
     right-hand side `max_evaluations` times: the best fit so far is kept. The forecast's integration
     may spend as many again. Never raises: a failed fit (or none within the bound) falls back to
-    persistence (parameters NaN).
+    persistence (parameters NaN). `report`, if given, gets `bounded`: whether the bound stopped the search.
     """
     evaluations = Evaluations(max_evaluations)
     ctx = len(context)
@@ -202,6 +202,8 @@ def ode_fit(time: np.ndarray, context: np.ndarray, horizon: int, model: str = "r
         except (ValueError, FloatingPointError, OverflowError):
             continue
         except OutOfEvaluations:
+            if report is not None:
+                report["bounded"] = True
             break
         if fit.cost < best_cost:
             best_cost, best = fit.cost, fit.x

@@ -191,20 +191,23 @@ def forecast_language_models(s: EvalSettings, sel: Selection, adapters: list[tup
 # --- baselines -------------------------------------------------------------------------------------
 
 def _fit_one(job):
-    """{ctx: forecast} for one system, and how many of its fits found nothing (persistence instead)."""
+    """{ctx: forecast} for one system, and how many of its fits the bound stopped, and how many of
+    those found nothing (persistence instead)."""
     time, series, ctxs, horizon, model, seed, evaluations = job
-    out, warm, failed = {}, None, 0
+    out, warm, bounded, failed = {}, None, 0, 0
     for ctx in sorted(ctxs):
+        report = {}
         out[ctx], params = ode_fit(time, series[:ctx], horizon, model=model, warm=warm, seed=seed,
-                                   max_evaluations=evaluations)
+                                   max_evaluations=evaluations, report=report)
+        bounded += int(report.get("bounded", False))
         failed += int(not np.all(np.isfinite(params)))
         warm = params if model == "rosenzweig-macarthur" else None
-    return out, failed
+    return out, (bounded, failed)
 
 
-def forecast_ode(time, values, s: EvalSettings, bar=None) -> tuple[dict[int, np.ndarray], int]:
+def forecast_ode(time, values, s: EvalSettings, bar=None) -> tuple[dict[int, np.ndarray], tuple[int, int]]:
     """The ODE fit's forecasts {ctx: (systems, horizon, 2)}, systems spread over `workers` processes,
-    and the number of fits that fell back to persistence."""
+    and the number of fits the bound stopped, and of those that fell back to persistence."""
     jobs = [(time, v.astype(np.float64), s.contexts, s.horizon, s.ode_model, s.seed, s.ode_evaluations)
             for v in values]
     workers = os.cpu_count() if s.workers is None else s.workers
@@ -220,7 +223,8 @@ def forecast_ode(time, values, s: EvalSettings, bar=None) -> tuple[dict[int, np.
             results.append(_fit_one(job))
             if bar is not None:
                 bar.update(1)
-    return {ctx: np.stack([r[ctx] for r, _ in results]) for ctx in s.contexts}, sum(f for _, f in results)
+    counts = tuple(int(sum(c[i] for _, c in results)) for i in (0, 1))
+    return {ctx: np.stack([r[ctx] for r, _ in results]) for ctx in s.contexts}, counts
 
 
 def forecast_baselines(s: EvalSettings, sel: Selection, bar) -> tuple[dict, dict]:
@@ -244,11 +248,11 @@ def forecast_baselines(s: EvalSettings, sel: Selection, bar) -> tuple[dict, dict
             about[name] = {"library": "statsforecast", "model": STATISTICAL[name], "season_length": 1,
                            "quantiles_from_intervals": list(LEVELS)}
     if "ode_fit" in chosen:
-        fc, fell_back = forecast_ode(sel.time, sel.values, s, bar)
+        fc, (bounded, fell_back) = forecast_ode(sel.time, sel.values, s, bar)
         out["ode_fit"] = {ctx: point(fc[ctx]) for ctx in s.contexts}
         about["ode_fit"] = {"model": s.ode_model, "rhs_evaluations_per_fit": s.ode_evaluations,
-                            "fits": len(sel.values) * len(s.contexts), "fits_without_result_persistence_used": fell_back,
-                            "point_forecast": True}
+                            "fits": len(sel.values) * len(s.contexts), "fits_stopped_by_the_bound": bounded,
+                            "fits_without_result_persistence_used": fell_back, "point_forecast": True}
     return out, about
 
 
