@@ -20,14 +20,16 @@ from flops.ledger import LedgerError
 from qwen_min import LoadError
 
 from .plan import reproduce
-from .settings import PlanSettings, RunError, UsageError
+from .settings import Charged, PlanSettings, RunError, UsageError
 
 USER_ERRORS = (UsageError, LoadError, DataError, LedgerError, BudgetExceeded)
 
 
 def add_settings(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    """One argument per field of the settings dataclass `cls` (except `skip`)."""
-    for f in fields(cls):
+    """One argument per field of the settings dataclass `cls` (except `skip`), where the work is
+    charged (ledger, budget, convention) last."""
+    charged = {f.name for f in fields(Charged)}
+    for f in sorted(fields(cls), key=lambda f: f.name in charged):
         if f.name in skip:
             continue
         meta = f.metadata

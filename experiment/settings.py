@@ -77,10 +77,21 @@ def opt(default, help: str, *, type=None, choices=None, nargs=None, metavar=None
     return field(default=default, metadata=meta)
 
 
+@dataclass(frozen=True)
+class Charged:
+    """Where the work is charged: flags shared by training, the sweep and evaluation."""
+
+    ledger: str = opt("runs/ledger.json", "FLOPs ledger shared by experiments")
+    budget: float | None = opt(None, f"FLOPs budget of a new ledger (default {DEFAULT_BUDGET:.0e}; an existing "
+                               "ledger keeps its own, and another value is refused)", type=float)
+    convention: str | None = opt(None, "FLOPs convention of a new ledger (default exact; an existing ledger keeps its "
+                                 "own)", type=str, choices=("exact", "coursework"))
+
+
 # --- training --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class CommonTrain:
+class CommonTrain(Charged):
     """Flags shared by a single run and the sweep (same names as eval.py where they mean the same)."""
 
     model: str = opt(DEFAULT_MODEL, "hub id, local directory, tiny-random or scratch-1m/5m/20m", defining=True)
@@ -102,11 +113,6 @@ class CommonTrain:
     seed: int = opt(0, "seed of the LoRA initialisation, dropout and batch order", defining=True)
     device: str = opt("cpu", "cpu, cuda or cuda:N")
     dtype: str | None = opt(None, "fp32 (CPU default) or bf16 (CUDA default: bf16 autocast)", type=str)
-    ledger: str = opt("runs/ledger.json", "FLOPs ledger shared by experiments")
-    budget: float | None = opt(None, f"FLOPs budget of a new ledger (default {DEFAULT_BUDGET:.0e}; an existing "
-                               "ledger keeps its own, and another value is refused)", type=float)
-    convention: str | None = opt(None, "FLOPs convention of a new ledger (default exact; an existing ledger keeps its "
-                                 "own)", type=str, choices=("exact", "coursework"))
     checkpoint_every: int = opt(50, "steps between checkpoints")
     full: bool = opt(False, "train every parameter (no LoRA); default for the scratch-* presets", defining=True)
     fresh_systems: int | None = opt(None, "simulate this many new training systems every epoch instead of the file's "
@@ -203,7 +209,7 @@ class SweepSettings(CommonTrain):
 # --- evaluation ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class EvalSettings:
+class EvalSettings(Charged):
     """Forecasts of a split's systems by a model (and adapters), scored against the baselines."""
 
     model: str = opt(DEFAULT_MODEL, "hub id, local directory, tiny-random, or a scratch run's model_best")
@@ -225,11 +231,6 @@ class EvalSettings:
     dtype: str | None = opt(None, "fp32 (CPU default) or bf16 (CUDA default)", type=str)
     out: str = opt("runs/eval", "output folder")
     name: str | None = opt(None, "experiment name in the ledger (default eval-<out folder>)", type=str)
-    ledger: str = opt("runs/ledger.json", "FLOPs ledger shared by experiments")
-    budget: float | None = opt(None, f"FLOPs budget of a new ledger (default {DEFAULT_BUDGET:.0e}; an existing "
-                               "ledger keeps its own, and another value is refused)", type=float)
-    convention: str | None = opt(None, "FLOPs convention of a new ledger (default exact; an existing ledger keeps its "
-                                 "own)", type=str, choices=("exact", "coursework"))
     baselines: list[str] = opt(["persistence", "parroting", "ode_fit"], "baselines scored on the same systems "
                                "(arima, ets, theta need `pip install -e \".[baselines]\"`)", type=str, nargs="*",
                                choices=("persistence", "parroting", "ode_fit", *STATISTICAL))
