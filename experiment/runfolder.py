@@ -119,11 +119,6 @@ def finished(out: str | Path) -> dict | None:
     return None
 
 
-def run_id_of(out: str | Path) -> str | None:
-    path = Path(out) / CONFIG
-    return json.loads(path.read_text()).get("run_id") if path.is_file() else None
-
-
 CHECKPOINT_KEYS = {"trainable": dict, "optimizer": dict, "step": int, "best_val": float, "tokens": int,
                    "seconds": float, "flops": float, "rng": dict}
 

@@ -176,12 +176,14 @@ class Trainer:
         if self.tok.vocab_size > self.model.config.vocab_size:
             raise UsageError(f"--model {s.model}: its vocabulary ({self.model.config.vocab_size}) is smaller than its "
                              f"tokenizer's ({self.tok.vocab_size} tokens)")
-        self.convention = get_convention(self.ledger_convention())
+        # an existing ledger, checked against --budget and --convention when given (a new one is made in claim)
+        existing = Ledger.open(s.ledger, s.budget, s.convention) if Path(s.ledger).exists() else None
+        self.convention = get_convention(existing.convention if existing else s.convention or "exact")
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay)
         self.eval_flops = val_cost(self.model, self.convention, self.prep.val_ids)
         self.full_step = full_step_cost(self.model, self.convention, s.chunk, s.batch_size)
-        self.check_budget()
+        self.check_budget(existing)
         self.train_model = LossModule(self.model)
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.train_model)
@@ -193,23 +195,15 @@ class Trainer:
         self.lock = self.ledger = self.run_id = None
         self.last_checkpoint = self.recorded = 0  # the last step checkpointed, and given a metrics row
 
-    def ledger_convention(self) -> str:
-        """The convention the run is charged in: the ledger's own (checked against --convention and
-        --budget when those are given), or the flags' for a ledger still to be made."""
-        if Path(self.s.ledger).exists():
-            return Ledger.open(self.s.ledger, self.s.budget, self.s.convention).convention
-        return self.s.convention or "exact"
-
-    def check_budget(self) -> None:
-        """Refuse a run the ledger (or a new ledger's --budget) can't pay one step of."""
+    def check_budget(self, ledger: Ledger | None) -> None:
+        """Refuse a run the existing ledger (or, with none, a new ledger's --budget) can't pay one step of."""
         s = self.s
-        if not Path(s.ledger).exists():
+        if ledger is None:
             budget = s.budget or DEFAULT_BUDGET
             if budget < self.full_step:
                 raise UsageError(f"--budget {budget:.3g} can't pay for one step of this run ({self.full_step:.3e} "
                                  f"FLOPs); no ledger was made")
             return
-        ledger = Ledger.open(s.ledger)
         if ledger.remaining < self.full_step:
             raise UsageError(f"{s.ledger}: the budget is spent ({ledger.total:.3e} of {ledger.budget:.3e} FLOPs used; "
                              f"one step costs {self.full_step:.3e})")
@@ -330,9 +324,10 @@ class Trainer:
         tokens = len(labels) * s.chunk
         self.ledger.charge(self.key, "train", cost, name=s.name, tokens=tokens, step=nxt)  # computed, so charged
         value = loss.item()
-        if not math.isfinite(value) or not all(torch.isfinite(p).all() for p in self.params):
+        weights_finite = all(torch.isfinite(p).all() for p in self.params)
+        if not (math.isfinite(value) and weights_finite):
             raise RunError(f"step {nxt}: the training loss is {value} and the weights are "
-                           f"{'finite' if all(torch.isfinite(p).all() for p in self.params) else 'not finite'}; "
+                           f"{'finite' if weights_finite else 'not finite'}; "
                            f"stopped, keeping the last good checkpoint (step {self.last_checkpoint}) in {self.out}: "
                            f"try a lower --lr or --clip")
         self.step_no = nxt
