@@ -261,10 +261,7 @@ def forecast_baselines(s: EvalSettings, sel: Selection, bar) -> tuple[dict, dict
 def evaluate(s: EvalSettings) -> dict:
     """Forecast, score and write every output; returns results.json's content."""
     s.check()
-    out = Path(s.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: is a file, not a folder")
-    check_writable(out)
+    check_writable(Path(s.out))  # a file there, or a folder that can't be written, is refused before any FLOP
     sel = select(s)
     adapters = labelled_adapters(s)
     device, dtype = device_and_dtype(s.device, s.dtype)
