@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 import lora
+from commandline import Parser
 from data import prompt, scale_for, step_pattern
 from data.simulate import simulate
 from flops import EXACT
@@ -243,22 +244,34 @@ def bench_memory(directory: str, a) -> tuple:
 
 # --- main ------------------------------------------------------------------------------------------
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", nargs="+", choices=("forward", "train", "eval"), default=["forward", "train", "eval"])
-    p.add_argument("--quick", action="store_true", help="fewer runs and smaller workloads (a few minutes on a CPU)")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence for forward and train")
-    p.add_argument("--runs", type=int, default=None, help="timed runs of each side (median); default 3, quick 1")
-    p.add_argument("--train-batch", type=int, default=None, help="training batch (default 4 on CUDA, 1 on the CPU)")
-    p.add_argument("--eval-prompts", type=int, default=None, help="prompts in the eval batch (default 8, quick 4)")
-    p.add_argument("--eval-steps", type=int, default=None, help="time steps generated (default 20, quick 5)")
-    p.add_argument("--layers", type=int, default=24, help="decoder blocks (24 is Qwen2.5-0.5B)")
-    p.add_argument("--device", default="cpu")
+def parser() -> Parser:
+    p = Parser("python bench.py", __doc__.split("\n")[0], examples=[
+        "python bench.py --quick                  # a few minutes on a CPU",
+        "python bench.py --device cuda --dtype bf16 --compile",
+        "python bench.py --only forward --runs 5"])
+    p.add_argument("--only", nargs="+", choices=("forward", "train", "eval"), default=["forward", "train", "eval"],
+                   help="workloads to time")
+    p.add_argument("--quick", action="store_true", help="fewer runs and smaller workloads, a few minutes on a CPU "
+                                                        "(default: off)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence for forward and train "
+                                                            "(default: 512; 256 at most with --quick on the CPU)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs of each side, median (default: 3, 1 with --quick)")
+    p.add_argument("--train-batch", type=int, default=None, help="training batch (default: 4 on CUDA, 1 on the CPU)")
+    p.add_argument("--eval-prompts", type=int, default=None, help="prompts in the eval batch (default: 8, 4 with --quick)")
+    p.add_argument("--eval-steps", type=int, default=None, help="time steps generated (default: 20, 5 with --quick)")
+    p.add_argument("--layers", type=int, default=24, help="decoder blocks, 24 is Qwen2.5-0.5B")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="fp32", help="fp32 or bf16")
-    p.add_argument("--compile", action="store_true", help="torch.compile each of our decoder blocks (meant for CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each of our decoder blocks, meant for CUDA "
+                                                          "(default: off)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--memory-child", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
     a = p.parse_args(argv)
     for flag in ("layers", "seq_len", "runs", "train_batch", "eval_prompts", "eval_steps", "threads"):
         value = getattr(a, flag)

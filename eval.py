@@ -14,17 +14,20 @@ FLOPs are charged to --ledger. The work is done by `experiment.forecast`; this f
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from commandline import Parser
 from experiment.cli import add_settings, given, run
 from experiment.forecast import evaluate
 from experiment.report import results_markdown
 from experiment.settings import EvalSettings
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python eval.py", description=__doc__.split("\n")[0])
+def parser() -> Parser:
+    p = Parser("python eval.py", __doc__.split("\n")[0], examples=[
+        "python eval.py --model tiny-random --ctx 40 80 --limit 8 --adapter runs/tiny --out runs/eval-tiny",
+        "python eval.py --ctx 40 80 --adapter runs/lora-r8-lr0.0001-c512/adapter_best",
+        "python eval.py --model tiny-random --limit 8 --samples 20 --temperature 0.7 --baselines parroting arima"])
     return add_settings(p, EvalSettings)
 
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 
+from commandline import Parser
 from experiment.cli import add_settings, given, plan_main, run
 from experiment.settings import SweepSettings, TrainSettings
 from experiment.sweep import sweep
@@ -27,17 +28,24 @@ from experiment.runfolder import resume_settings
 from experiment.trainer import train
 
 
-def run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python train.py", description=__doc__.split("\n")[0],
-                                epilog="Subcommands: `python train.py sweep --help`, `python train.py plan --help`.")
+def run_parser() -> Parser:
+    p = Parser("python train.py", __doc__.split("\n")[0], examples=[
+        "python train.py --model tiny-random --max-steps 300 --eval-every 100 --lr 1e-2 --out runs/tiny",
+        "python train.py --resume runs/tiny --max-steps 600     # continue, with more steps",
+        "python train.py --rank 8 --lr 1e-4                      # Qwen2.5-0.5B-Instruct (hub or a local copy)"],
+        subcommands={"sweep": "the lr x rank grid on one ledger, with its table (sweep.md)",
+                      "plan": "the report's whole plan on one budget (the same as reproduce.py)"})
     add_settings(p, TrainSettings)
     p.add_argument("--resume", default=argparse.SUPPRESS, metavar="DIR",
-                   help="continue the run in DIR from its checkpoint (flags given here override its settings)")
+                   help="continue the run in DIR from its checkpoint, the flags given here over its settings "
+                        "(default: a new run)")
     return p
 
 
-def sweep_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python train.py sweep", description=SweepSettings.__doc__)
+def sweep_parser() -> Parser:
+    p = Parser("python train.py sweep", SweepSettings.__doc__, examples=[
+        "python train.py sweep --model tiny-random --max-steps 50 --out runs/sweep",
+        "python train.py sweep --lrs 1e-5 5e-5 1e-4 --ranks 2 4 8 --train-fraction 0.2"])
     return add_settings(p, SweepSettings)
 
 

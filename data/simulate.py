@@ -18,12 +18,13 @@ below 0.1, per species) lands within 15% of the reference's on every figure (see
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.integrate import solve_ivp
+
+from commandline import Parser
 
 from .io import DEFAULT_PATH, DataError, Series, load_series, write_series
 
@@ -106,15 +107,22 @@ def ensure_data(path: str | Path = DEFAULT_PATH) -> Series:
     return load_series(path)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.simulate", description=__doc__.split("\n")[0])
+def parser() -> Parser:
+    p = Parser("python -m data.simulate", __doc__.split("\n")[0], examples=[
+        "python -m data.simulate                                   # the default data set (seed 0)",
+        "python -m data.simulate --out runs/tune.h5 --seed 7       # 1000 other systems, a second split",
+        "python -m data.simulate --out runs/small.h5 --systems 50 --model classical"])
     p.add_argument("--out", default=str(DEFAULT_PATH), help="HDF5 file to write")
-    p.add_argument("--systems", type=int, default=1000)
+    p.add_argument("--systems", type=int, default=1000, help="predator-prey systems, each with its own parameters")
     p.add_argument("--points", type=int, default=100, help="time points per system")
     p.add_argument("--t-end", type=float, default=200.0, help="last time point (the first is 0)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", choices=MODELS, default="rosenzweig-macarthur")
-    args = p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0, help="seed of the parameters and starting populations")
+    p.add_argument("--model", choices=MODELS, default="rosenzweig-macarthur", help="the ODE that makes the series")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     if args.systems < 1 or args.points < 2 or args.t_end <= 0:
         print("error: --systems must be >= 1, --points >= 2 and --t-end > 0", file=sys.stderr)
         return 2

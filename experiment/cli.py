@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 
+from commandline import Parser
 from data import DataError
 from flops import BudgetExceeded
 from flops.ledger import LedgerError
@@ -82,10 +83,11 @@ def run(work: Callable[[], object], interrupted: str | None = None) -> int:
     return 0
 
 
-def plan_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=PlanSettings.__doc__,
-                                epilog="example: python reproduce.py --model tiny-random --budget 1e13 "
-                                       "--out runs/report-tiny")
+def plan_parser(prog: str) -> Parser:
+    p = Parser(prog, PlanSettings.__doc__, examples=[
+        f"{prog} --out runs/report                # Qwen2.5-0.5B-Instruct, 1e17 FLOPs",
+        f"{prog} --model tiny-random --budget 1e13 --out runs/report-tiny",
+        f"{prog} --model tiny-random --budget 1e13 --out runs/report-tiny   # again: continues, charges nothing twice"])
     return add_settings(p, PlanSettings)
 
 

@@ -98,10 +98,11 @@ class CommonTrain(Charged):
     data: str = opt(DEFAULT_DATA, "HDF5 series file (simulated if the default is missing)", defining=True)
     split_seed: int = opt(0, "seed of the 850/150 train/validation split", defining=True)
     chunk: int = opt(512, "tokens per training window", defining=True)
-    stride: int = opt(268, "tokens between window starts", defining=True)
+    stride: int | None = opt(None, "tokens between window starts (default: 268 per 512 of --chunk, so 268 at the "
+                             "default chunk)", type=int, defining=True)
     batch_size: int = opt(4, "windows per step (over all processes)", defining=True)
     eval_every: int = opt(200, "steps between validation passes")
-    val_limit: int | None = opt(None, "validation systems used for the loss (default all)", type=int)
+    val_limit: int | None = opt(None, "validation systems used for the loss (default: all)", type=int)
     alpha: float | None = opt(None, "LoRA alpha (default: the rank)", type=float, defining=True)
     dropout: float = opt(0.0, "LoRA dropout", defining=True)
     targets: str = opt("q_proj,v_proj", "comma-separated projections to adapt", defining=True)
@@ -112,21 +113,21 @@ class CommonTrain(Charged):
     decimals: int = opt(2, "decimals per value in the text", defining=True)
     seed: int = opt(0, "seed of the LoRA initialisation, dropout and batch order", defining=True)
     device: str = opt("cpu", "cpu, cuda or cuda:N")
-    dtype: str | None = opt(None, "fp32 (CPU default) or bf16 (CUDA default: bf16 autocast)", type=str)
+    dtype: str | None = opt(None, "fp32 or bf16 (default: fp32 on the CPU, bf16 autocast on CUDA)", type=str)
     checkpoint_every: int = opt(50, "steps between checkpoints")
-    full: bool = opt(False, "train every parameter (no LoRA); default for the scratch-* presets", defining=True)
+    full: bool = opt(False, "train every parameter, no LoRA (default: off, on for the scratch-* presets)", defining=True)
     fresh_systems: int | None = opt(None, "simulate this many new training systems every epoch instead of the file's "
                                     "training split (default 850 for the scratch-* presets, else 0)", type=int,
                                     defining=True)
     log: str = opt("none", "extra logging", choices=("none", "tensorboard", "wandb"))
-    quiet: bool = opt(False, "no progress bar")
+    quiet: bool = opt(False, "no progress bar (default: off)")
 
     def check(self) -> None:
         """Everything that can be refused before loading anything."""
         check_shared(self)
         if self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise UsageError("--batch-size, --max-steps, --eval-every and --checkpoint-every must be at least 1")
-        if self.stride < 1 or self.stride > self.chunk:
+        if self.stride is not None and not 1 <= self.stride <= self.chunk:
             raise UsageError(f"--stride must be between 1 and --chunk ({self.chunk}), got {self.stride}")
         need(finite(self.clip) and self.clip >= 0, f"--clip must be >= 0 (0: off), got {self.clip}")
         need(finite(self.weight_decay) and self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
@@ -154,8 +155,8 @@ class TrainSettings(CommonTrain):
     lr: float = opt(1e-4, "learning rate (AdamW on the trained parameters)", defining=True)
     train_fraction: float = opt(1.0, "share of the training systems used", defining=True)
     max_steps: int = opt(1000, "optimizer steps")
-    out: str | None = opt(None, "run directory (default runs/<name>)", type=str)
-    name: str | None = opt(None, "experiment name in the ledger (default from the settings)", type=str)
+    out: str | None = opt(None, "run directory (default: runs/<name>)", type=str)
+    name: str | None = opt(None, "experiment name in the ledger (default: lora-r<rank>-lr<lr>-c<chunk>)", type=str)
 
     def check(self) -> None:
         check_lora(self.rank, self.alpha, self.dropout)
@@ -173,6 +174,8 @@ class TrainSettings(CommonTrain):
             s = dataclasses.replace(s, full=True)
         if s.fresh_systems is None:
             s = dataclasses.replace(s, fresh_systems=FRESH_SYSTEMS if s.scratch else 0)
+        if s.stride is None:
+            s = dataclasses.replace(s, stride=default_stride(s.chunk))
         s.check()
         name = s.name or s.default_name()
         return dataclasses.replace(s, name=name, out=absolute(s.out or Path("runs") / name), data=absolute(s.data),
@@ -213,28 +216,28 @@ class EvalSettings(Charged):
     """Forecasts of a split's systems by a model (and adapters), scored against the baselines."""
 
     model: str = opt(DEFAULT_MODEL, "hub id, local directory, tiny-random, or a scratch run's model_best")
-    adapter: list[str] = opt([], "LoRA adapter (PEFT layout, or a train.py run directory); repeat to compare several",
+    adapter: list[str] = opt([], "LoRA adapter (PEFT layout, or a train.py run directory); repeat to compare several (default: none, the model alone)",
                              type=str, flag="append")
-    no_base: bool = opt(False, "with --adapter, skip the untuned model")
+    no_base: bool = opt(False, "with --adapter, skip the untuned model (default: off)")
     data: str = opt(DEFAULT_DATA, "HDF5 series file (simulated if the default is missing)")
     split: str = opt("validation", "which split's systems", choices=("validation", "train"))
     split_seed: int = opt(0, "seed of the 850/150 train/validation split")
     ctx: list[int] = opt([40, 80], "context lengths in time steps", type=int)
     horizon: int = opt(20, "steps to forecast")
-    limit: int | None = opt(None, "evaluate the first N systems of the split", type=int)
+    limit: int | None = opt(None, "evaluate the first N systems of the split (default: all)", type=int)
     batch_size: int = opt(8, "systems per generation batch, each with every context and sample")
     samples: int = opt(1, "samples per prompt (median); 1 with temperature 0 is greedy")
     temperature: float = opt(0.0, "sampling temperature (0: greedy)")
     decimals: int = opt(2, "decimals per value in the text")
     seed: int = opt(0, "seed of the sampling and the ODE fit's starting points")
     device: str = opt("cpu", "cpu, cuda or cuda:N")
-    dtype: str | None = opt(None, "fp32 (CPU default) or bf16 (CUDA default)", type=str)
+    dtype: str | None = opt(None, "fp32 or bf16 (default: fp32 on the CPU, bf16 on CUDA)", type=str)
     out: str = opt("runs/eval", "output folder")
-    name: str | None = opt(None, "experiment name in the ledger (default eval-<out folder>)", type=str)
+    name: str | None = opt(None, "experiment name in the ledger (default: eval-<out folder>)", type=str)
     baselines: list[str] = opt(["persistence", "parroting", "ode_fit"], "baselines scored on the same systems "
                                "(arima, ets, theta need `pip install -e \".[baselines]\"`)", type=str, nargs="*",
                                choices=("persistence", "parroting", "ode_fit", *STATISTICAL))
-    no_ode_fit: bool = opt(False, "skip the ODE-fit baseline (the same as leaving ode_fit out of --baselines)")
+    no_ode_fit: bool = opt(False, "skip the ODE-fit baseline, the same as leaving ode_fit out of --baselines (default: off)")
     ode_model: str = opt("rosenzweig-macarthur", "model family the ODE fit uses",
                          choices=("rosenzweig-macarthur", "classical"))
     ode_evaluations: int = opt(400_000, "calls of the ODE's right-hand side the fit may spend per system and context "
@@ -243,7 +246,7 @@ class EvalSettings(Charged):
     workers: int | None = opt(None, "processes for the ODE fits (default: one per CPU)", type=int)
     plot_systems: list[int] = opt([0, 1, 2], "positions in the evaluated list to draw forecasts for", type=int,
                                   nargs="*")
-    quiet: bool = opt(False, "no progress bar")
+    quiet: bool = opt(False, "no progress bar (default: off)")
 
     def check(self, n_points: int | None = None) -> None:
         """Refuse what can't be evaluated (on a series of `n_points` time points, when given)."""
@@ -304,16 +307,16 @@ class PlanSettings:
     chunk: int = opt(512, "tokens per training window")
     stride: int = opt(268, "stride at --chunk; other chunks scale it")
     eval_every: int = opt(200, "steps between validation passes of a run")
-    val_limit: int | None = opt(None, "validation systems in the training runs' loss", type=int)
-    eval_limit: int | None = opt(None, "validation systems in the forecast evaluations", type=int)
+    val_limit: int | None = opt(None, "validation systems in the training runs' loss (default: all)", type=int)
+    eval_limit: int | None = opt(None, "validation systems in the forecast evaluations (default: all)", type=int)
     ctx: list[int] = opt([40, 80], "context lengths of the evaluations", type=int)
     horizon: int = opt(20, "steps forecast in the evaluations")
     plot_systems: list[int] = opt([0, 1, 2], "positions in the evaluated list to draw forecasts for", type=int,
                                   nargs="*")
     seed: int = opt(0, "seed of every run and evaluation")
     device: str = opt("cpu", "cpu, cuda or cuda:N")
-    dtype: str | None = opt(None, "fp32 (CPU default) or bf16 (CUDA default)", type=str)
-    quiet: bool = opt(False, "no progress bars")
+    dtype: str | None = opt(None, "fp32 or bf16 (default: fp32 on the CPU, bf16 on CUDA)", type=str)
+    quiet: bool = opt(False, "no progress bars (default: off)")
 
     def check(self) -> None:
         check_shared(self)
@@ -330,6 +333,11 @@ class PlanSettings:
 
 
 # --- between kinds ---------------------------------------------------------------------------------
+
+def default_stride(chunk: int) -> int:
+    """The reference report's window overlap (stride 268 at chunk 512) at another chunk size."""
+    return max(1, round(chunk * 268 / 512))
+
 
 def absolute(path) -> str:
     """A path as config.json keeps it: absolute, so a run resumed from another folder finds its files."""

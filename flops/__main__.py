@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from commandline import Parser
 from experiment.costs import meta_model
 from qwen_min import LoadError, QwenConfig
 
@@ -24,15 +24,32 @@ from .report import as_json, component_table, format_table
 # experiment library) to build the model whose table it prints. Nothing inside flops imports them.
 
 
-def table_main(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m flops", description="Per-component FLOPs of one forward pass.")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens in the sequence (default 512)")
-    p.add_argument("--convention", choices=sorted(CONVENTIONS), default="exact")
-    p.add_argument("--config", default=None, help="a config.json (default: Qwen2.5-0.5B)")
-    p.add_argument("--rank", type=int, default=0, help="LoRA rank (0: no adapters)")
+def table_parser() -> Parser:
+    p = Parser("python -m flops", "Per-component FLOPs of one forward pass.", examples=[
+        "python -m flops --seq-len 512 --convention coursework   # the reference report's Table 3, side by side",
+        "python -m flops --seq-len 512 --rank 8 --json",
+        "python -m flops ledger runs/ledger.json                 # the experiments charged to a budget"],
+        subcommands={"ledger": "print a FLOPs ledger's experiments and what is left of its budget"})
+    p.add_argument("--seq-len", type=int, default=512, help="tokens in the sequence")
+    p.add_argument("--convention", choices=sorted(CONVENTIONS), default="exact",
+                   help="exact: what the code computes; coursework: the reference report's rules")
+    p.add_argument("--config", default=None, help="a config.json (default: Qwen2.5-0.5B's)")
+    p.add_argument("--rank", type=int, default=0, help="LoRA rank, 0 for no adapters")
     p.add_argument("--targets", default="q_proj,v_proj", help="comma-separated LoRA targets")
-    p.add_argument("--json", action="store_true", help="print component name -> FLOPs as JSON")
-    args = p.parse_args(argv)
+    p.add_argument("--json", action="store_true", help="print component name -> FLOPs as JSON (default: a table)")
+    return p
+
+
+def ledger_parser() -> Parser:
+    p = Parser("python -m flops ledger", "Print a FLOPs ledger's experiments.",
+               examples=["python -m flops ledger runs/ledger.json", "python -m flops ledger runs/report/ledger.json --json"])
+    p.add_argument("path", help="the ledger file, e.g. runs/ledger.json (no default)")
+    p.add_argument("--json", action="store_true", help="print the ledger's JSON (default: a table)")
+    return p
+
+
+def table_main(argv) -> int:
+    args = table_parser().parse_args(argv)
     if args.seq_len < 1 or args.rank < 0:
         print("error: --seq-len must be >= 1 and --rank >= 0", file=sys.stderr)
         return 2
@@ -52,10 +69,7 @@ def table_main(argv) -> int:
 
 
 def ledger_main(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m flops ledger", description="Print a FLOPs ledger's experiments.")
-    p.add_argument("path")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    args = ledger_parser().parse_args(argv)
     if not Path(args.path).is_file():
         print(f"error: {args.path}: no such ledger file", file=sys.stderr)
         return 2

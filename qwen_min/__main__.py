@@ -6,23 +6,31 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+
+from commandline import Parser
 
 from . import NUMBER_SYMBOLS, LoadError, generate, load_pretrained, load_tokenizer
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m qwen_min", description=__doc__.split("\n")[0])
+def parser() -> Parser:
+    p = Parser("python -m qwen_min", __doc__.split("\n")[0], examples=[
+        'python -m qwen_min --model tiny-random --prompt "0.25,1.50;0.27,1.47;" --numbers-only',
+        'python -m qwen_min --model runs/merged --numbers-only          # a merged export (lora.export_merged)',
+        'python -m qwen_min --model Qwen/Qwen2.5-0.5B-Instruct --prompt "The capital of France is"'])
     p.add_argument("--model", default="tiny-random", help="hub id, local directory, or tiny-random")
     p.add_argument("--prompt", default="0.25,1.50;0.27,1.47;0.30,1.43;", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
-    p.add_argument("--numbers-only", action="store_true", help="restrict the output to 0-9 . , ;")
-    p.add_argument("--dtype", default="fp32")
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+    p.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, 0 decodes greedily")
+    p.add_argument("--numbers-only", action="store_true", help="restrict the output to 0-9 . , ; (default: off)")
+    p.add_argument("--dtype", default="fp32", help="fp32 or bf16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     try:
         if args.max_new_tokens < 1:
             raise LoadError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")

@@ -1,0 +1,99 @@
+"""What a user meets at the command line: every command's help states each option's default and
+shows examples that parse; a typo is at most three lines with the closest option; a negative number
+is a value."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shlex
+
+import pytest
+
+import train
+from commandline import Parser
+from experiment.cli import plan_parser
+
+PARSERS = {  # the command as typed -> its parser
+    "python train.py": lambda: train.run_parser(),
+    "python train.py sweep": lambda: train.sweep_parser(),
+    "python train.py plan": lambda: plan_parser("python train.py plan"),
+    "python reproduce.py": lambda: plan_parser("python reproduce.py"),
+    "python eval.py": lambda: importlib.import_module("eval").parser(),
+    "python bench.py": lambda: importlib.import_module("bench").parser(),
+    "python -m flops": lambda: importlib.import_module("flops.__main__").table_parser(),
+    "python -m flops ledger": lambda: importlib.import_module("flops.__main__").ledger_parser(),
+    "python -m data.simulate": lambda: importlib.import_module("data.simulate").parser(),
+    "python -m qwen_min": lambda: importlib.import_module("qwen_min.__main__").parser(),
+}
+
+
+def shown_options(p: argparse.ArgumentParser):
+    return [a for a in p._actions if a.help is not argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
+
+
+@pytest.mark.parametrize("command", PARSERS)
+def test_help_states_every_default_and_has_examples(command):
+    p = PARSERS[command]()
+    text = p.format_help()
+    assert p.prog == command
+    for action in shown_options(p):
+        name = action.option_strings[-1] if action.option_strings else action.dest
+        assert name in text, f"{command}: {name} not in --help"
+        described = p._get_formatter()._expand_help(action)
+        assert "default" in described, f"{command} {name}: help states no default: {described!r}"
+    examples = text.split("examples:\n", 1)[1].split("\n\n")[0].splitlines()
+    assert len(examples) >= 2, f"{command}: fewer than two examples"
+    for line in examples:  # each example is a command this parser (or its subcommand's) accepts
+        words = shlex.split(line.split("  #")[0])
+        assert " ".join(words[: len(command.split())]) == command or words[2] in p.subcommands, line
+        args = words[len(command.split()):]
+        if args and args[0] in p.subcommands:
+            continue
+        p.parse_args(args)
+
+
+def test_subcommands_are_listed_in_the_parent_help():
+    assert "sweep" in train.run_parser().format_help() and "plan" in train.run_parser().format_help()
+    assert "ledger" in PARSERS["python -m flops"]().format_help()
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["--rnak", "8"], "did you mean --rank?"),
+    (["--eval-evry", "5"], "did you mean --eval-every?"),
+    (["--schedule", "cosin"], "did you mean 'cosine'?"),
+    (["swep"], "did you mean sweep?"),
+])
+def test_a_typo_is_three_lines_with_the_closest_match(capsys, argv, suggestion):
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) <= 3, err
+    assert err[0].startswith("usage: python train.py") and suggestion in err[1], err
+
+
+def test_a_typo_far_from_everything_gets_no_guess(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--zzzzzz", "1"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --zzzzzz 1" in err and "did you mean" not in err
+
+
+@pytest.mark.parametrize("value", ["-1e-3", "-0.5", "-.5", "-2", "-2.5E+4"])
+def test_negative_numbers_are_values(value):
+    p = Parser("prog", "test", examples=["prog --lr 1", "prog"])
+    p.add_argument("--lr", type=float, help="x")
+    p.add_argument("--ctx", type=float, nargs="+", help="y")
+    a = p.parse_args(["--lr", value, "--ctx", value, "1"])
+    assert a.lr == float(value) and a.ctx == [float(value), 1.0]
+
+
+def test_a_negative_learning_rate_reaches_its_check(capsys):
+    assert train.main(["--model", "tiny-random", "--lr", "-1e-3"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --lr must be positive, got -0.001"
+
+
+def test_stride_follows_the_chunk_unless_given():
+    assert train.settings_from_argv(["--model", "tiny-random"]).stride == 268
+    assert train.settings_from_argv(["--model", "tiny-random", "--chunk", "100"]).stride == 52
+    assert train.settings_from_argv(["--model", "tiny-random", "--chunk", "100", "--stride", "100"]).stride == 100
