@@ -21,6 +21,7 @@ from experiment.cli import add_settings, given, run
 from experiment.forecast import evaluate
 from experiment.report import results_markdown
 from experiment.settings import EvalSettings
+from experiment.summaries import eval_summary
 
 
 def parser() -> Parser:
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
                            "and the same command again charges only the rest")
     if code == 0:
         print(results_markdown(results))
+        print(eval_summary(s.out, results, s.ledger))
     return code
 
 

@@ -17,12 +17,12 @@ The work is done by the `experiment` library (settings, trainer, sweep, plan); t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from commandline import Parser
 from experiment.cli import add_settings, given, plan_main, run
 from experiment.settings import SweepSettings, TrainSettings
+from experiment.summaries import run_summary, sweep_summary
 from experiment.sweep import sweep
 from experiment.runfolder import resume_settings
 from experiment.trainer import train
@@ -62,11 +62,15 @@ def main(argv=None) -> int:
         return plan_main(argv[1:], prog="python train.py plan")
     if argv and argv[0] == "sweep":
         a = SweepSettings(**given(sweep_parser().parse_args(argv[1:])))
-        return run(lambda: sweep(a))
+        result = {}
+        code = run(lambda: result.update(sweep(a)))
+        if code == 0:
+            print(sweep_summary(a.out, result["best"], a.ledger))
+        return code
     summary = {}
     code = run(lambda: summary.update(train(settings_from_argv(argv))))
     if code == 0 and summary:
-        print(json.dumps(summary))
+        print(run_summary(summary))
     return code
 
 

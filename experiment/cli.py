@@ -21,6 +21,7 @@ from flops.ledger import LedgerError
 from qwen_min import LoadError
 
 from .plan import reproduce
+from .summaries import plan_summary
 from .settings import Charged, PlanSettings, RunError, UsageError
 
 USER_ERRORS = (UsageError, LoadError, DataError, LedgerError, BudgetExceeded)
@@ -96,6 +97,8 @@ def plan_main(argv: list[str], prog: str) -> int:
     a = PlanSettings(**given(plan_parser(prog).parse_args(argv)))
 
     def work():
-        print(reproduce(a).read_text())
+        report = reproduce(a)
+        print(report.read_text())
+        print(plan_summary(report, report.parent / "ledger.json"))
     return run(work, "stopped: the same command continues from here (finished stages are read back, a stopped "
                      "training run resumes from its checkpoint, nothing is charged twice)")

@@ -210,7 +210,6 @@ def reproduce(a: PlanSettings) -> Path:
     report = plan_report(a, plan.out, Ledger.open(plan.ledger_path), plan.config, choice,
                          {"untuned": untuned, "default LoRA": default_eval, "tuned LoRA": final_eval},
                          {"untuned": "eval-untuned", "default LoRA": "eval-default", "tuned LoRA": "eval-final"})
-    say(f"report: {report}")
     return report
 
 

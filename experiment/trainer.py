@@ -191,6 +191,7 @@ class Trainer:
         self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda_bf16
                          else (lambda: torch.autocast("cpu", enabled=False)))
         self.step_no, self.best_val, self.tokens_seen, self.elapsed, self.flops_used = 0, math.inf, 0, 0.0, 0.0
+        self.flops_at_start, self.last_val = 0.0, None  # the run's FLOPs when this process took it up
         self.metrics: list[dict] = []
         self.lock = self.ledger = self.run_id = None
         self.last_checkpoint = self.recorded = 0  # the last step checkpointed, and given a metrics row
@@ -249,6 +250,7 @@ class Trainer:
             raise UsageError(f"{self.out / CHECKPOINT}: its optimizer state does not fit this run ({e})") from None
         self.step_no, self.best_val, self.tokens_seen = ckpt["step"], ckpt["best_val"], ckpt["tokens"]
         self.elapsed, self.flops_used = ckpt["seconds"], ckpt["flops"]
+        self.flops_at_start = self.flops_used
         self.last_checkpoint = self.recorded = self.step_no
         set_rng_state(ckpt["rng"])
         if self.main and self.continuing:
@@ -361,9 +363,12 @@ class Trainer:
             f.write(json.dumps(row) + "\n")
         if logger:
             logger(row)
+        if val is not None:
+            self.last_val = val
         if bar:
             bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.3f}", flops=f"{self.ledger.total:.2e}")
+            bar.set_postfix({"loss": f"{train_loss:.3f}", "val": "-" if self.last_val is None else f"{self.last_val:.3f}",
+                             "FLOPs": f"{self.flops_used:.2e}"})  # this run's, not the ledger's
 
     def finish(self, stopped: str | None, interrupted: bool) -> dict:
         """The last checkpoint, loss.png and summary.json; returns the summary ({} off the main process)."""
@@ -375,12 +380,15 @@ class Trainer:
             plot_losses(self.metrics, self.out / "loss.png", f"{s.name} ({s.model})")
         if stopped:
             print(stopped, file=sys.stderr)
-        summary = {"name": s.name, "out": str(self.out), "steps": self.step_no, "max_steps": s.max_steps,
-                   "complete": self.step_no >= s.max_steps,
+        validated = [m for m in self.metrics if m.get("val_loss") is not None]
+        summary = {"name": s.name, "out": str(self.out), "model": s.model, "full": s.full, "steps": self.step_no,
+                   "max_steps": s.max_steps, "complete": self.step_no >= s.max_steps,
                    "best_val_loss": None if self.best_val == math.inf else self.best_val,
+                   "best_step": min(validated, key=lambda m: m["val_loss"])["step"] if validated else None,
                    "final_val_loss": next((m["val_loss"] for m in reversed(self.metrics)
                                            if m.get("val_loss") is not None), None),
-                   "flops": self.flops_used, "seconds": self.elapsed, "stopped": stopped, "interrupted": interrupted}
+                   "flops": self.flops_used, "flops_this_start": self.flops_used - self.flops_at_start,
+                   "ledger": str(s.ledger), "seconds": self.elapsed, "stopped": stopped, "interrupted": interrupted}
         write_text(self.out / "summary.json", json.dumps(summary, indent=1) + "\n")
         return summary
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import shlex
+from pathlib import Path
 
 import pytest
 
+import eval as evaluation
 import train
 from commandline import Parser
 from experiment.cli import plan_parser
+from flops import Ledger
 
 PARSERS = {  # the command as typed -> its parser
     "python train.py": lambda: train.run_parser(),
@@ -97,3 +101,31 @@ def test_stride_follows_the_chunk_unless_given():
     assert train.settings_from_argv(["--model", "tiny-random"]).stride == 268
     assert train.settings_from_argv(["--model", "tiny-random", "--chunk", "100"]).stride == 52
     assert train.settings_from_argv(["--model", "tiny-random", "--chunk", "100", "--stride", "100"]).stride == 100
+
+
+def listed_paths(text: str) -> list[str]:
+    """The paths of a summary's '  what  path' lines."""
+    return [line.split()[-1] for line in text.splitlines() if line.startswith("  ")]
+
+
+def test_run_and_eval_summaries_name_files_that_exist(series_file, tmp_path, capsys):
+    ledger = tmp_path / "ledger.json"
+    common = ["--model", "tiny-random", "--data", str(series_file), "--ledger", str(ledger), "--quiet"]
+    assert train.main([*common, "--chunk", "128", "--max-steps", "2", "--eval-every", "2", "--val-limit", "2",
+                       "--out", str(tmp_path / "run")]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    paths = listed_paths(text)
+    assert str(tmp_path / "run" / "adapter_best") in paths and str(tmp_path / "run" / "loss.png") in paths
+    assert paths and all(Path(p).exists() for p in paths), text
+    assert f"best validation loss {summary['best_val_loss']:.4f} (at step 2)" in text
+    spent = Ledger.open(ledger).total
+    assert f"FLOPs: {summary['flops']:.3e} for this run" in text and f"{spent:.3e} of 1.000e+17" in text
+    assert f"next: python eval.py --model tiny-random --adapter {tmp_path / 'run' / 'adapter_best'}" in text
+
+    assert evaluation.main([*common, "--adapter", str(tmp_path / "run"), "--ctx", "40", "--limit", "2", "--no-ode-fit",
+                            "--out", str(tmp_path / "eval")]) == 0
+    text = capsys.readouterr().out
+    paths = listed_paths(text.split("evaluation of 2 validation systems")[1])
+    assert len(paths) == 5 and all(Path(p).exists() for p in paths), text
+    assert f"{Ledger.open(ledger).total:.3e} of 1.000e+17" in text

@@ -52,6 +52,9 @@ def test_plan_completes_and_resumes_to_the_same_ledger(series_file, tmp_path):
     assert 0 < ledger.total <= float(BUDGET)
     assert {"eval-untuned", "eval-default", "eval-final"} <= {e["name"] for e in ledger.experiments.values()}
     assert "stage 3: grid-r2-lr0.001" in err and "steps at" in err  # each stage says its plan first
+    tail = out[out.rindex("plan finished"):].splitlines()  # the summary after report.md names the files
+    assert tail[1:3] == [f"  report  {whole / 'report.md'}", f"  plan    {whole / 'plan.json'}"], out[-500:]
+    assert tail[-1].startswith(f"ledger {whole / 'ledger.json'}: {ledger.total:.3e} of")
 
     cut = tmp_path / "cut"
     proc = start(plan_args(series_file, cut))
