@@ -172,6 +172,8 @@ def merged_state(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def export_merged(model, directory: str | Path, tokenizer=None) -> Path:
-    """A full model directory with the adapter merged, loadable by qwen_min.load_pretrained and transformers."""
+def export_merged(model, directory: str | Path, tokenizer) -> Path:
+    """A full model directory with the adapter merged and the tokenizer beside it (config.json,
+    model.safetensors, tokenizer.json, tokenizer_config.json): what `python -m qwen_min --model`,
+    `qwen_min.load_pretrained` and transformers' `AutoModelForCausalLM`/`AutoTokenizer` load."""
     return save_state(model.config, merged_state(model), directory, tokenizer)

@@ -12,6 +12,8 @@ from tokenizers import Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
+from data.files import atomic_write, write_text
+
 from .errors import LoadError
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
@@ -47,7 +49,14 @@ class Tokenizer:
         return ids[0]
 
     def save(self, directory: str | Path) -> None:
-        self.tok.save(str(Path(directory) / "tokenizer.json"))
+        """tokenizer.json, and a tokenizer_config.json naming its end-of-text token, so that this
+        project, transformers' AutoTokenizer and the tokenizers library all read the folder."""
+        directory = Path(directory)
+        eos = self.tok.id_to_token(self.eos_id) if self.eos_id is not None else None
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": eos,
+                  "clean_up_tokenization_spaces": False}
+        atomic_write(directory / "tokenizer.json", lambda tmp: self.tok.save(str(tmp)))
+        write_text(directory / "tokenizer_config.json", json.dumps(config, indent=1) + "\n")
 
 
 def bytes_to_unicode() -> dict[int, str]:

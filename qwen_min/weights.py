@@ -151,6 +151,7 @@ def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.f
     exists. Returned in eval mode.
     """
     dtype = parse_dtype(dtype)
+    device = parse_device(str(device))  # 'cuda' on a CPU-only torch: one LoadError line, not an AssertionError
     if is_preset(name_or_path):
         return preset_model(str(name_or_path)).to(device=device, dtype=dtype)
     directory = resolve_dir(name_or_path)

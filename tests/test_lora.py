@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import lora
-from qwen_min import LoadError, QwenConfig, load_pretrained
+import qwen_min.__main__ as qwen_min_cli
+from qwen_min import NUMBER_SYMBOLS, LoadError, QwenConfig, generate, load_pretrained, load_tokenizer
 
 from .conftest import NewBuffers, tiny_model
 from .test_model import meta_model
@@ -108,13 +109,22 @@ def test_save_and_load_round_trip(tmp_path):
         torch.testing.assert_close(fresh(IDS), model(IDS), atol=0, rtol=0)
 
 
-def test_merged_export_loads_in_qwen_min(tmp_path):
-    model = randomise_adapters(lora.inject(tiny_model(), rank=4, verbose=False))
-    lora.export_merged(model, tmp_path / "merged")
+def test_merged_export_loads_in_qwen_min(tmp_path, capsys):
+    model = randomise_adapters(lora.inject(load_pretrained("tiny-random"), rank=4, verbose=False))
+    tok = load_tokenizer("tiny-random")
+    lora.export_merged(model, tmp_path / "merged", tok)
     merged = load_pretrained(tmp_path / "merged")
     assert not lora.lora_layers(merged)
     with torch.no_grad():
         assert (merged(IDS) - model(IDS)).abs().max().item() < 1e-5
+    prompt = "0.25,1.50;0.27,1.47;"
+    ids = load_tokenizer(tmp_path / "merged").encode(prompt)
+    assert ids == tok.encode(prompt)
+    numbers = [tok.token_id(c) for c in NUMBER_SYMBOLS]
+    expected = tok.decode(generate(model, [ids], 8, pad_id=tok.pad_id, allowed_token_ids=numbers)[0])
+    assert qwen_min_cli.main(["--model", str(tmp_path / "merged"), "--prompt", prompt, "--max-new-tokens", "8",
+                              "--numbers-only"]) == 0
+    assert capsys.readouterr().out == prompt + expected + "\n"
 
 
 # --- malformed adapters ----------------------------------------------------------------------------
@@ -217,13 +227,18 @@ def test_peft_adapter_loads_in_ours_with_equal_logits(tmp_path, model_dir):
         assert (ours(IDS) - theirs.eval()(input_ids=IDS).logits).abs().max().item() < 1e-5
 
 
-def test_merged_export_loads_in_transformers(tmp_path, model_dir):
-    _, base_dir = model_dir
-    ours = randomise_adapters(lora.inject(load_pretrained(base_dir), rank=4, verbose=False))
-    lora.export_merged(ours, tmp_path / "merged")
-    hf = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+def test_merged_export_loads_in_transformers(tmp_path):
+    ours = randomise_adapters(lora.inject(load_pretrained("tiny-random"), rank=4, verbose=False))
+    tok = load_tokenizer("tiny-random")
+    lora.export_merged(ours, tmp_path / "merged", tok)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "merged")
+    text = "0.25,1.50;0.27,1.47;"
+    ids = hf_tok(text)["input_ids"]
+    assert ids == tok.encode(text) and hf_tok.decode(ids) == text and hf_tok.eos_token_id == tok.eos_id
     with torch.no_grad():
         assert (ours(IDS) - hf(input_ids=IDS).logits).abs().max().item() < 1e-5
+        assert (ours(torch.tensor([ids])) - hf(input_ids=torch.tensor([ids])).logits).abs().max().item() < 1e-5
 
 
 def lora_linear(seed=0):
