@@ -8,9 +8,18 @@ from pathlib import Path
 from flops import Ledger
 
 
+def shown(path: Path | str) -> str:
+    """A path as a person reads it: relative to the working folder when it is inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def files_block(files: dict[str, Path | str]) -> list[str]:
     """'  what   path' lines for the files (and folders) that exist, in the order given."""
-    present = {what: Path(path) for what, path in files.items() if Path(path).exists()}
+    present = {what: shown(path) for what, path in files.items() if Path(path).exists()}
     width = max(map(len, present), default=0)
     return [f"  {what:<{width}}  {path}" for what, path in present.items()]
 
@@ -18,7 +27,7 @@ def files_block(files: dict[str, Path | str]) -> list[str]:
 def ledger_line(path: Path | str) -> str:
     """The ledger's state: spent, budget and what is left, in FLOPs."""
     ledger = Ledger.open(path)
-    return (f"ledger {path}: {ledger.total:.3e} of {ledger.budget:.3e} FLOPs spent ({ledger.convention} "
+    return (f"ledger {shown(path)}: {ledger.total:.3e} of {ledger.budget:.3e} FLOPs spent ({ledger.convention} "
             f"convention), {ledger.remaining:.3e} left")
 
 
@@ -37,7 +46,7 @@ def run_summary(summary: dict) -> str:
         head = f"run {summary['name']} finished: {summary['steps']} steps"
     else:
         head = (f"run {summary['name']} stopped at step {summary['steps']} of {summary['max_steps']} "
-                f"(python train.py --resume {out} continues it)")
+                f"(python train.py --resume {shown(out)} continues it)")
     best = summary.get("best_val_loss")
     head += (f", best validation loss {best:.4f} (at step {summary['best_step']})" if best is not None
              else ", no validation pass yet")
@@ -46,8 +55,9 @@ def run_summary(summary: dict) -> str:
              + ledger_line(summary["ledger"])]
     if best is not None:
         kind = "model_best" if summary["full"] else "adapter_best"
-        model = f"--model {out / kind}" if summary["full"] else f"--model {summary['model']} --adapter {out / kind}"
-        lines.append(f"next: python eval.py {model} --out {out}-eval")
+        model = (f"--model {shown(out / kind)}" if summary["full"]
+                 else f"--model {shown(summary['model'])} --adapter {shown(out / kind)}")
+        lines.append(f"next: python eval.py {model} --out {shown(out)}-eval")
     return "\n".join(lines)
 
 
