@@ -162,3 +162,10 @@ def test_scripts_are_short_and_functions_fit_on_a_screen():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 90:
                 long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert long == []
+
+
+def test_the_command_line_parser_imports_nothing_of_the_project():
+    edges, _ = graph(ROOT)
+    assert edges["commandline"] == set()
+    assert {"train", "eval", "bench", "flops.__main__", "qwen_min.__main__", "data.simulate"} <= {
+        name for name, targets in edges.items() if "commandline" in targets}
