@@ -73,11 +73,13 @@ def eval_summary(out: Path | str, results: dict, ledger: Path | str) -> str:
     """An evaluation's end: the best method by combined MAE, the files, FLOPs and the ledger."""
     out = Path(out)
     methods = results["methods"]
-    best = min(methods, key=lambda m: methods[m]["combined_mae"])
-    crps = methods[best].get("combined_crps")
     head = (f"evaluation of {len(results['systems'])} {results['split']} systems, contexts "
-            f"{' '.join(map(str, results['contexts']))}: lowest combined MAE {methods[best]['combined_mae']:.4f} "
-            f"by {best}" + (f" (CRPS {crps:.4f})" if crps is not None else ""))
+            f"{' '.join(map(str, results['contexts']))}")
+    if methods:
+        best = min(methods, key=lambda m: methods[m]["combined_mae"])
+        crps = methods[best].get("combined_crps")
+        head += (f": lowest combined MAE {methods[best]['combined_mae']:.4f} by {best}"
+                 + (f" (CRPS {crps:.4f})" if crps is not None else ""))
     files = {name: out / name for name in ("results.md", "results.json", "forecasts.png", "mae_vs_horizon.png",
                                            "forecasts.npz")}
     return "\n".join([head, *files_block(files),

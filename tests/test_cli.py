@@ -129,3 +129,19 @@ def test_run_and_eval_summaries_name_files_that_exist(series_file, tmp_path, cap
     paths = listed_paths(text.split("evaluation of 2 validation systems")[1])
     assert len(paths) == 5 and all(Path(p).exists() for p in paths), text
     assert f"{Ledger.open(ledger).total:.3e} of 1.000e+17" in text
+
+
+def test_a_stopped_full_run_says_how_to_continue_and_lists_its_model(tmp_path):
+    from experiment.summaries import run_summary
+    out = tmp_path / "scratch"
+    (out / "model_best").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text("")
+    Ledger.open(tmp_path / "ledger.json", 1e15, "exact").charge("r", "train", 2e12, name="scratch", tokens=1, step=1)
+    text = run_summary({"name": "scratch", "out": str(out), "model": "scratch-1m", "full": True, "steps": 7,
+                        "max_steps": 10, "complete": False, "best_val_loss": 0.5, "best_step": 5, "flops": 2e12,
+                        "flops_this_start": 1e12, "ledger": str(tmp_path / "ledger.json"), "seconds": 3.0})
+    assert text.splitlines()[0].startswith(f"run scratch stopped at step 7 of 10 (python train.py --resume {out} "
+                                           "continues it), best validation loss 0.5000 (at step 5)")
+    assert listed_paths(text) == [str(out / "model_best"), str(out / "metrics.jsonl")]
+    assert "2.000e+12 for this run (1.000e+12 since this start)" in text and "9.980e+14 left" in text
+    assert text.splitlines()[-1] == f"next: python eval.py --model {out / 'model_best'} --out {out}-eval"
