@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 import lora
-from commandline import Parser
+from commandline import Parser, prose
 from data import prompt, scale_for, step_pattern
 from data.simulate import simulate
 from flops import EXACT
@@ -245,7 +245,7 @@ def bench_memory(directory: str, a) -> tuple:
 # --- main ------------------------------------------------------------------------------------------
 
 def parser() -> Parser:
-    p = Parser("python bench.py", __doc__.split("\n")[0], examples=[
+    p = Parser("python bench.py", prose(__doc__), examples=[
         "python bench.py --quick                  # a few minutes on a CPU",
         "python bench.py --device cuda --dtype bf16 --compile",
         "python bench.py --only forward --runs 5"])

@@ -11,7 +11,9 @@ Stages (the budget is split between three groups by --shares, the report's about
   4. chunk sizes 128 and 768 at the grid's best setting                                     }
   5. a final run on all training systems at the best setting, and its evaluation            } share 3
 Re-running the same command continues where it stopped, and the ledger charges nothing twice.
-Writes report.md with the tables and figures. The work is done by `experiment.plan`.
+Writes report.md with the tables and figures.
+
+The work is done by `experiment.plan`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ Every run writes to --out: config.json (the resolved settings), metrics.jsonl (a
 adapter_best/ and adapter_last/ (PEFT layout), loss.png, checkpoint.pt (atomic, for --resume).
 Every training step and validation pass is charged to the ledger (--ledger, budget --budget) with the
 FLOPs that `flops` computes for it; a run stops cleanly before a step the budget can't pay for.
+
 The work is done by the `experiment` library (settings, trainer, sweep, plan); this file reads flags.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from commandline import Parser
+from commandline import Parser, prose
 from experiment.cli import add_settings, given, plan_main, run
 from experiment.settings import SweepSettings, TrainSettings
 from experiment.summaries import run_summary, sweep_summary
@@ -29,7 +30,7 @@ from experiment.trainer import train
 
 
 def run_parser() -> Parser:
-    p = Parser("python train.py", __doc__.split("\n")[0], examples=[
+    p = Parser("python train.py", prose(__doc__), examples=[
         "python train.py --model tiny-random --max-steps 300 --eval-every 100 --lr 1e-2 --out runs/tiny",
         "python train.py --resume runs/tiny --max-steps 600     # continue, with more steps",
         "python train.py --rank 8 --lr 1e-4                      # Qwen2.5-0.5B-Instruct (hub or a local copy)"],

@@ -18,6 +18,15 @@ import sys
 NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")  # -1, -0.5, -.5, -1e-3, -2.5E+4
 
 
+def prose(doc: str) -> str:
+    """A script's docstring as its --help description: the text without its indented example lines
+    (the examples go under the options) and without a closing line about the code."""
+    paragraphs = [p for p in re.split(r"\n\s*\n", doc.strip())
+                  if p.strip() and not p.startswith("The work is done")
+                  and not all(line.startswith("    ") for line in p.splitlines())]
+    return "\n\n".join(p.strip() for p in paragraphs)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the project's help and errors. `examples` are command lines shown under the
     options; `subcommands` maps a subcommand's name to one line about it."""

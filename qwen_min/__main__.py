@@ -9,13 +9,13 @@ from __future__ import annotations
 import sys
 import time
 
-from commandline import Parser
+from commandline import Parser, prose
 
 from . import NUMBER_SYMBOLS, LoadError, generate, load_pretrained, load_tokenizer
 
 
 def parser() -> Parser:
-    p = Parser("python -m qwen_min", __doc__.split("\n")[0], examples=[
+    p = Parser("python -m qwen_min", prose(__doc__), examples=[
         'python -m qwen_min --model tiny-random --prompt "0.25,1.50;0.27,1.47;" --numbers-only',
         'python -m qwen_min --model runs/merged --numbers-only          # a merged export (lora.export_merged)',
         'python -m qwen_min --model Qwen/Qwen2.5-0.5B-Instruct --prompt "The capital of France is"'])

@@ -145,3 +145,9 @@ def test_a_stopped_full_run_says_how_to_continue_and_lists_its_model(tmp_path):
     assert listed_paths(text) == [str(out / "model_best"), str(out / "metrics.jsonl")]
     assert "2.000e+12 for this run (1.000e+12 since this start)" in text and "9.980e+14 left" in text
     assert text.splitlines()[-1] == f"next: python eval.py --model {out / 'model_best'} --out {out}-eval"
+
+
+def test_help_description_is_the_docstring_without_its_examples():
+    text = train.run_parser().format_help()
+    assert "Every run writes to --out" in text and "The work is done" not in text
+    assert "    python train.py --rank 8 --lr 1e-4 " not in text.split("examples:")[0]
