@@ -27,6 +27,15 @@ def prose(doc: str) -> str:
     return "\n\n".join(p.strip() for p in paragraphs)
 
 
+def with_default(text: str, default) -> str:
+    """Help text with ` (default: X)` added, unless it states its default already or there is none
+    to state (None, False, an empty list: the help says what happens then)."""
+    if text is argparse.SUPPRESS or "(default" in text or default is None or default is False or default == []:
+        return text
+    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+    return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the project's help and errors. `examples` are command lines shown under the
     options; `subcommands` maps a subcommand's name to one line about it."""
@@ -46,14 +55,9 @@ class Parser(argparse.ArgumentParser):
         self._negative_number_matcher = NUMBER  # argparse's own matcher misses -1e-3
 
     def add_argument(self, *args, **kw):
-        """As argparse's, with ` (default: X)` added to the help where the option has a default that
-        the help does not already state."""
-        default, text = kw.get("default"), kw.get("help")
-        if (text and text is not argparse.SUPPRESS and "default" not in text
-                and default is not None and default is not False and default is not argparse.SUPPRESS
-                and default != []):
-            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
-            kw["help"] = f"{text} (default: {shown.replace('%', '%%')})"
+        """As argparse's, with ` (default: X)` added to the help (see `with_default`)."""
+        if kw.get("help") and kw.get("default") is not argparse.SUPPRESS:
+            kw["help"] = with_default(kw["help"], kw.get("default"))
         return super().add_argument(*args, **kw)
 
     def short_usage(self) -> str:

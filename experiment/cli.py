@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 
-from commandline import Parser
+from commandline import Parser, with_default
 from data import DataError
 from flops import BudgetExceeded
 from flops.ledger import LedgerError
@@ -37,8 +37,7 @@ def add_settings(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) ->
         meta = f.metadata
         default = f.default if f.default is not MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
-        shown = "" if default is None or default is False or default == [] else f" (default: {show(default)})"
-        kw = {"help": meta.get("help", "") + shown, "default": argparse.SUPPRESS, "dest": f.name}
+        kw = {"help": with_default(meta.get("help", ""), default), "default": argparse.SUPPRESS, "dest": f.name}
         if isinstance(default, bool):
             p.add_argument(flag, action="store_true", **kw)
             continue
@@ -53,10 +52,6 @@ def add_settings(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) ->
             kw["nargs"] = meta.get("nargs") or "+"
         p.add_argument(flag, **kw)
     return p
-
-
-def show(default) -> str:
-    return " ".join(map(str, default)) if isinstance(default, list) else str(default)
 
 
 def given(ns: argparse.Namespace) -> dict:

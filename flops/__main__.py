@@ -43,7 +43,7 @@ def table_parser() -> Parser:
 def ledger_parser() -> Parser:
     p = Parser("python -m flops ledger", "Print a FLOPs ledger's experiments.",
                examples=["python -m flops ledger runs/ledger.json", "python -m flops ledger runs/report/ledger.json --json"])
-    p.add_argument("path", help="the ledger file, e.g. runs/ledger.json (no default)")
+    p.add_argument("path", help="the ledger file, e.g. runs/ledger.json (required)")
     p.add_argument("--json", action="store_true", help="print the ledger's JSON (default: a table)")
     return p
 

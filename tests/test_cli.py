@@ -45,7 +45,8 @@ def test_help_states_every_default_and_has_examples(command):
         name = action.option_strings[-1] if action.option_strings else action.dest
         assert name in text, f"{command}: {name} not in --help"
         described = p._get_formatter()._expand_help(action)
-        assert "default" in described, f"{command} {name}: help states no default: {described!r}"
+        assert "(default" in described or "(required)" in described, \
+            f"{command} {name}: help states no default: {described!r}"
     examples = text.split("examples:\n", 1)[1].split("\n\n")[0].splitlines()
     assert len(examples) >= 2, f"{command}: fewer than two examples"
     for line in examples:  # each example is a command this parser (or its subcommand's) accepts
