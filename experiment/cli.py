@@ -20,7 +20,7 @@ from flops import BudgetExceeded
 from flops.ledger import LedgerError
 from qwen_min import LoadError
 
-from .plan import reproduce
+from .plan import LEDGER, reproduce
 from .summaries import plan_summary
 from .settings import Charged, PlanSettings, RunError, UsageError
 
@@ -94,6 +94,6 @@ def plan_main(argv: list[str], prog: str) -> int:
     def work():
         report = reproduce(a)
         print(report.read_text())
-        print(plan_summary(report, report.parent / "ledger.json"))
+        print(plan_summary(report, report.parent / LEDGER))
     return run(work, "stopped: the same command continues from here (finished stages are read back, a stopped "
                      "training run resumes from its checkpoint, nothing is charged twice)")

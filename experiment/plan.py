@@ -32,6 +32,9 @@ from .runfolder import finished
 from .trainer import train
 
 
+LEDGER = "ledger.json"  # the plan's own ledger, in its --out folder
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -42,7 +45,7 @@ class Plan:
     def __init__(self, a: PlanSettings):
         self.a = a
         self.out = Path(a.out)
-        self.ledger_path = self.out / "ledger.json"
+        self.ledger_path = self.out / LEDGER
         self.config = load_config(a.model)
         self.tok = load_tokenizer(a.model)
         self.shares = [s * a.budget for s in a.shares]
