@@ -1,7 +1,8 @@
 """The data: Lotka-Volterra series, their HDF5 file, splits, LLMTIME text and training windows.
 
 simulate (scipy's solve_ivp, Rosenzweig-MacArthur or classical), io (load with validation, write),
-splits (seeded train/validation indices), text (encode/decode `0.68,0.75;0.53,0.56;...`),
+splits (seeded train/validation indices), text (encode/decode `0.68,0.75;0.53,0.56;...`), encodings
+(digits, bins, continuous: the value bins and their arithmetic),
 windows (token windows for training, prompts for evaluation), baselines (persistence, ODE fit), and
 files (atomic writes, used by every package that writes a file). Imports nothing else of the project.
 `simulate` (with `ensure_data`, the default file simulated when missing) is not imported here, so

@@ -42,6 +42,23 @@ def make_windows(sequences: Sequence[Sequence[int]], chunk: int = 512, stride: i
     return {"input_ids": as_tensor(ids), "labels": as_tensor(labels), "attention_mask": as_tensor(mask)}
 
 
+def make_value_windows(series: Sequence[np.ndarray], chunk: int = 100, stride: int = 100) -> dict[str, torch.Tensor]:
+    """Cut every series of scaled values (steps, 2) into windows of `chunk` steps every `stride` steps,
+    for the continuous encoding. Returns values (windows, chunk, 2) float32 and labels (windows,
+    chunk): 0 at a real step, -100 at the padding that ends a sequence's last window (zeros)."""
+    if chunk < 2 or stride < 1:
+        raise ValueError(f"chunk must be >= 2 and stride >= 1, got chunk={chunk}, stride={stride}")
+    values, labels = [], []
+    for seq in series:
+        seq = np.asarray(seq, dtype=np.float32)
+        for start in window_starts(len(seq), chunk, stride):
+            piece = seq[start:start + chunk]
+            pad = chunk - len(piece)
+            values.append(np.concatenate([piece, np.zeros((pad, 2), dtype=np.float32)]))
+            labels.append([0] * len(piece) + [IGNORE] * pad)
+    return {"values": torch.from_numpy(np.stack(values)), "labels": torch.tensor(labels, dtype=torch.long)}
+
+
 def prompt(values: np.ndarray, ctx: int, alpha: float = 1.0, decimals: int = 2) -> str:
     """The first `ctx` steps of a series (points, 2) as text ending with ';': what the model continues."""
     return encode(values[:ctx], alpha, decimals) + ";"

@@ -16,7 +16,7 @@ import torch
 
 from data import make_splits, make_windows, scale_for
 from data.simulate import ensure_data, simulate
-from data.windows import tokenize_series
+from data.windows import make_value_windows, tokenize_series
 
 from .settings import UsageError
 
@@ -25,8 +25,12 @@ FRESH_SEED = 1_000_003  # fresh systems are drawn from seeds far from any data f
 
 @dataclass
 class Prepared:
-    windows: dict[str, torch.Tensor]  # input_ids, labels, attention_mask: (N, chunk), epoch 0
-    val_ids: list[list[int]]  # whole validation systems, not chunked
+    """A run's training windows and validation series. Token encodings: windows of input_ids, labels,
+    attention_mask, each (N, chunk), and token lists; continuous: windows of values (N, chunk, 2) and
+    labels (N, chunk), and arrays of scaled values (steps, 2)."""
+
+    windows: dict[str, torch.Tensor]  # epoch 0
+    val_ids: list  # whole validation systems, not chunked: token ids, or scaled values (steps, 2)
     train_systems: list[int]
     val_systems: list[int]
     alpha_train: float
@@ -42,9 +46,10 @@ class Prepared:
         return self._epoch[1]
 
     def batch(self, step: int, batch: int, seed: int, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids, labels) of step `step` (this process's `rows` of it), each (rows, chunk)."""
-        picks = batch_positions(step, batch, len(self.windows["input_ids"]), seed)[rows]
-        ids = torch.stack([self.windows_of(e)["input_ids"][i] for e, i in picks])
+        """(input_ids or values, labels) of step `step` (this process's `rows` of it), (rows, chunk, ...)."""
+        key = "values" if "values" in self.windows else "input_ids"
+        picks = batch_positions(step, batch, len(self.windows[key]), seed)[rows]
+        ids = torch.stack([self.windows_of(e)[key][i] for e, i in picks])
         labels = torch.stack([self.windows_of(e)["labels"][i] for e, i in picks])
         return ids, labels
 
@@ -60,13 +65,14 @@ def prepare_data(s, tok) -> Prepared:
     val = splits["validation"][: s.val_limit] if s.val_limit else splits["validation"]
     alpha_train = scale_for(series.trajectories[splits["train"]])
     alpha_val = scale_for(series.trajectories[splits["validation"]])
-    train_ids = tokenize_series(series.trajectories[train], alpha_train, tok.encode, s.decimals)
-    value = "9." + "9" * s.decimals
-    step_tokens = len(tok.encode(f"{value},{value};"))
-    if s.chunk < step_tokens:
-        raise UsageError(f"--chunk {s.chunk} is smaller than one time step of text ({step_tokens} tokens)")
-    windows = make_windows(train_ids, s.chunk, s.stride, pad_id=tok.pad_id or 0)
-    val_ids = tokenize_series(series.trajectories[val], alpha_val, tok.encode, s.decimals)
+    train_ids = model_inputs(s, tok, series.trajectories[train], alpha_train)
+    if s.encoding != "continuous":
+        value = "9." + "9" * s.decimals
+        step_tokens = len(tok.encode(f"{value},{value};"))
+        if s.chunk < step_tokens:
+            raise UsageError(f"--chunk {s.chunk} is smaller than one time step of text ({step_tokens} tokens)")
+    windows = cut_windows(s, tok, train_ids)
+    val_ids = model_inputs(s, tok, series.trajectories[val], alpha_val)
     stream = None
     if s.fresh_systems:
         stream = functools.partial(fresh_windows, s, tok, series.points, float(series.time[-1]), alpha_train)
@@ -80,8 +86,22 @@ def fresh_windows(s, tok, points: int, t_end: float, alpha: float, epoch: int) -
     every epoch cuts into the same number of windows."""
     traj, _, _ = simulate(s.fresh_systems, FRESH_SEED + 1000 * s.seed + epoch, points, t_end)
     traj = np.minimum(traj, alpha * (10 - 10.0 ** -s.decimals))
-    ids = tokenize_series(traj, alpha, tok.encode, s.decimals)
-    return make_windows(ids, s.chunk, s.stride, pad_id=tok.pad_id or 0)
+    return cut_windows(s, tok, model_inputs(s, tok, traj, alpha))
+
+
+def model_inputs(s, tok, values: np.ndarray, alpha: float) -> list:
+    """Each system's whole series (systems, points, 2) as the model reads it under `s.encoding`: token
+    ids of its text (digits, bins), or its values divided by alpha (continuous, float32)."""
+    if s.encoding == "continuous":
+        return [np.asarray(v / alpha, dtype=np.float32) for v in values]
+    return tokenize_series(values, alpha, tok.encode, s.decimals)
+
+
+def cut_windows(s, tok, sequences: list) -> dict[str, torch.Tensor]:
+    """Training windows of `s.chunk` positions every `s.stride` from each sequence of `model_inputs`."""
+    if s.encoding == "continuous":
+        return make_value_windows(sequences, s.chunk, s.stride)
+    return make_windows(sequences, s.chunk, s.stride, pad_id=tok.pad_id or 0)
 
 
 def batch_positions(step: int, batch: int, n: int, seed: int) -> list[tuple[int, int]]:

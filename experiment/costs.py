@@ -12,12 +12,16 @@ from data import prompt, step_pattern
 from data.windows import IGNORE
 from flops import Convention, Cost, get_convention
 from qwen_min import QwenConfig, QwenForCausalLM
+from qwen_min.continuous import QwenForValueForecasting
 
 
-def meta_model(config: QwenConfig | None = None, rank: int = 0, targets=lora.DEFAULT_TARGETS) -> QwenForCausalLM:
-    """The full-size model (or `config`) on the meta device, with LoRA injected when rank > 0: no memory."""
+def meta_model(config: QwenConfig | None = None, rank: int = 0, targets=lora.DEFAULT_TARGETS,
+               components: int | None = None) -> QwenForCausalLM | QwenForValueForecasting:
+    """The full-size model (or `config`) on the meta device, with LoRA injected when rank > 0: no memory.
+    With `components`, the continuous model of that many Gaussians per species."""
+    config = config or QwenConfig()
     with torch.device("meta"):
-        model = QwenForCausalLM(config or QwenConfig())
+        model = QwenForCausalLM(config) if components is None else QwenForValueForecasting(config, components)
         if rank:
             lora.inject(model, rank=rank, targets=targets, verbose=False)
     return model
@@ -54,16 +58,21 @@ def run_cost(steps: int, step: float, val: float, eval_every: int) -> float:
 
 def affordable_steps(budget: float, step: float, val: float, eval_every: int) -> int:
     """Most steps a run can take within `budget` FLOPs, its validation passes included."""
-    k = max(0, int((budget - val) // (step + val / eval_every)))
+    k = max(0, int((budget - val) // (step + val / eval_every)))  # near the answer: validation spread over steps
     while k > 0 and run_cost(k, step, val, eval_every) > budget:
         k -= 1
+    while run_cost(k + 1, step, val, eval_every) <= budget:
+        k += 1
     return k
 
 
 def planned_run(s, config: QwenConfig, val_ids: list[list[int]], convention: str) -> tuple[float, float]:
     """(FLOPs of one full step, FLOPs of one validation pass) for a run of settings `s`, planned on
     the meta device."""
-    model = meta_model(config, rank=0 if s.full else s.rank, targets=lora.parse_targets(s.targets))
+    model = meta_model(config, rank=0 if s.full else s.rank, targets=lora.parse_targets(s.targets),
+                       components=s.components if s.encoding == "continuous" else None)
+    for name in lora.VALUE_LAYERS if s.encoding == "continuous" else ():
+        getattr(model, name).requires_grad_(True)
     if s.full:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -73,12 +82,17 @@ def planned_run(s, config: QwenConfig, val_ids: list[list[int]], convention: str
 
 # --- evaluation ------------------------------------------------------------------------------------
 
-def generation_bound(model, tok, values, s, alpha: float, convention: Convention) -> float:
+def generation_bound(model, tok, values, s, alpha: float, convention: Convention, encoding: str = "digits",
+                     step_positions: int | None = None) -> float:
     """An upper bound of one model's generation FLOPs for evaluation settings `s` on `values`
-    (systems, points, 2): every prompt and forecast token through the body, and the head (full
-    vocabulary) at every generated position, for every context and sample."""
+    (systems, points, 2): every prompt and forecast position through the body, and the head (full
+    vocabulary, or the value head) at every generated position, for every context and sample.
+    `step_positions`: tokens per time step (default: the digit text's); a continuous model has one."""
     total = 0.0
-    generated = s.horizon * len(step_pattern(s.decimals))
+    if encoding == "continuous":
+        return sum(model.flops(ctx + s.horizon, convention, head_positions=s.horizon).forward
+                   for ctx in s.contexts) * s.samples * len(values)
+    generated = s.horizon * (step_positions or len(step_pattern(s.decimals)))
     for ctx in s.contexts:
         for v in values:
             length = len(tok.encode(prompt(v, ctx, alpha, s.decimals)))

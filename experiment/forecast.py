@@ -10,6 +10,7 @@ results.json, results.md, mae_vs_horizon.png, forecasts.png and forecasts.npz to
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,13 +25,17 @@ from tqdm import tqdm
 import lora
 from data import decode, make_splits, prompt, scale_for, step_pattern
 from data.baselines import LEVELS, PARROT_WINDOW, STATISTICAL, ode_fit, parroting, persistence, statistical
+from data.encodings import jitter
 from data.files import atomic_write, file_digest, write_text
 from data.simulate import ensure_data
 from flops import Convention, Ledger, get_convention
 from qwen_min import PRESETS, device_and_dtype, generate, load_config, load_pretrained, load_tokenizer
+from qwen_min.continuous import QwenForValueForecasting, forecast_values
 from qwen_min.hub import resolve_dir
+from qwen_min.presets import is_preset
+from qwen_min.weights import empty_model, model_encoding
 
-from .costs import generation_bound, meta_model
+from .costs import generation_bound
 from .report import plot_forecasts, plot_horizon, results_markdown
 from .scoring import Forecast, score_methods
 from .runfolder import check_writable
@@ -49,10 +54,11 @@ class Selection:
 
 
 def select(s: EvalSettings) -> Selection:
-    """The split's first `limit` systems, after checking the settings against the file."""
+    """The split's first `limit` systems (every system of the file for split 'all'), after checking
+    the settings against the file."""
     series = ensure_data(s.data)
     s.check(series.points)
-    split = make_splits(series.systems, seed=s.split_seed)[s.split]
+    split = list(range(series.systems)) if s.split == "all" else make_splits(series.systems, seed=s.split_seed)[s.split]
     alpha = scale_for(series.trajectories[split])
     systems = split[: s.limit] if s.limit else split
     return Selection(systems, series.trajectories[systems].astype(np.float64), series.time, alpha)
@@ -81,10 +87,43 @@ def labelled_adapters(s: EvalSettings) -> list[tuple[str, Path]]:
         raise UsageError("--adapter: the same adapter is given twice")
     labels = [adapter_label(p) for p in adapters]
     labels = [label if labels.count(label) == 1 else f"model+{p}" for label, p in zip(labels, adapters)]
-    shapes = meta_model(load_config(s.model))
     for p in adapters:
-        lora.check_adapter(shapes, p)
+        lora.check_adapter(empty_model(load_config(s.model, s.encoding or "digits"), lora.adapter_components(p)), p)
     return list(zip(labels, adapters))
+
+
+def run_encoding(adapter: Path) -> str | None:
+    """The encoding recorded by the train.py run an adapter folder belongs to (its parent's
+    config.json), or what the adapter itself shows (value layers: continuous); None if neither says."""
+    config = adapter.parent / "config.json"
+    if adapter.name in ("adapter_best", "adapter_last") and config.is_file():
+        try:
+            saved = json.loads(config.read_text()).get("encoding", "digits")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            saved = None
+        if saved:
+            return saved
+    return "continuous" if lora.adapter_components(adapter) else None
+
+
+def resolve_encoding(s: EvalSettings, adapters: list[tuple[str, Path]]) -> str:
+    """The encoding of the evaluation: --encoding, else what the model directory or the adapters'
+    runs say, else digits. Refuses a model and adapters (or --encoding) that disagree."""
+    said = {f"--encoding {s.encoding}": s.encoding} if s.encoding else {}
+    if not is_preset(s.model):
+        said[f"--model {s.model}"] = model_encoding(s.model)
+    for _, p in adapters:
+        found = run_encoding(p)
+        if found:
+            said[f"--adapter {p}"] = found
+    kinds = set(said.values())
+    model_kind = said.get(f"--model {s.model}")
+    if model_kind == "digits" and kinds - {"digits"} == {"continuous"} and all(  # a language model under value layers
+            said[k] == "continuous" for k in said if k.startswith("--adapter")):
+        return "continuous"
+    if len(kinds) > 1:
+        raise UsageError("the encodings disagree: " + ", ".join(f"{k} reads {v}" for k, v in said.items()))
+    return kinds.pop() if kinds else "digits"
 
 
 def model_digest(name: str) -> str:
@@ -107,6 +146,7 @@ def identity(s: EvalSettings, sel: "Selection", adapters: list[tuple[str, Path]]
     and adapter files, data file, systems, contexts, horizon, samples, temperature, decimals, seed,
     batch size, dtype), not of where its results go."""
     what = {"model": model_digest(s.model), "data": file_digest(s.data), "systems": list(map(int, sel.systems)),
+            "encoding": s.encoding,
             "adapters": [(label, digest_of([p / "adapter_config.json", p / "adapter_model.safetensors"]))
                          for label, p in adapters], "base": not s.no_base,
             "contexts": s.contexts, "horizon": s.horizon, "samples": s.samples, "temperature": s.temperature,
@@ -126,8 +166,11 @@ def forecast_model(model, tok, values: np.ndarray, s: EvalSettings, alpha: float
     `charge(first, end, flops)` is called after each batch with the FLOPs it spent on systems
     first..end-1, so a run stopped part-way has charged what it computed.
     """
-    pattern = [[tok.token_id(ch) for ch in chars] for chars in step_pattern(s.decimals)]
+    if s.encoding == "continuous":
+        return forecast_values_of(model, values, s, alpha, convention, bar, charge)
+    pattern = step_grammar(tok, s)
     gen = torch.Generator().manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
     preds = {ctx: [] for ctx in s.contexts}
     failed = {ctx: 0 for ctx in s.contexts}
     spent = 0.0
@@ -142,13 +185,56 @@ def forecast_model(model, tok, values: np.ndarray, s: EvalSettings, alpha: float
         if charge is not None:
             charge(start, start + len(batch), stats["flops"])
         for j, (v, ctx) in enumerate(jobs):
-            samples = [parse_forecast(tok.decode(ids), v, ctx, s, alpha, failed)
-                       for ids in out[j * s.samples:(j + 1) * s.samples]]
-            preds[ctx].append(np.stack(samples))
+            samples = np.stack([parse_forecast(tok.decode(ids), v, ctx, s, alpha, failed)
+                                for ids in out[j * s.samples:(j + 1) * s.samples]])
+            if s.encoding == "bins" and s.temperature > 0:  # a sampled bin is a sample within the bin
+                samples = jitter(samples, alpha, s.decimals, rng)
+            preds[ctx].append(samples)
         if bar is not None:
             bar.update(len(batch))
     return ({ctx: np.stack(p) for ctx, p in preds.items()},
             {ctx: f // s.samples for ctx, f in failed.items()}, spent)
+
+
+def step_grammar(tok, s: EvalSettings) -> list[list[int]]:
+    """The token ids allowed at each position of one time step: the digit text's characters
+    (D . D D , D . D D ;) or, for bins, a value token, ',', a value token, ';'."""
+    if s.encoding == "bins":
+        values = sorted(tok.value_words.values())
+        return [values, [tok.token_id(",")], values, [tok.token_id(";")]]
+    return [[tok.token_id(ch) for ch in chars] for chars in step_pattern(s.decimals)]
+
+
+def grammar_text(s: EvalSettings) -> str:
+    """The grammar of a step as results.json says it: D a digit, V a value token, one step."""
+    if s.encoding == "continuous":
+        return "(prey, predator) values, one position per step"
+    if s.encoding == "bins":
+        return "V,V;"
+    return "".join(c if len(c) == 1 else "D" for c in step_pattern(s.decimals))
+
+
+def forecast_values_of(model, values: np.ndarray, s: EvalSettings, alpha: float, convention: Convention,
+                       bar=None, charge=None) -> tuple[dict, dict, float]:
+    """A continuous model's forecasts, as `forecast_model` returns them: each context of each batch
+    of systems is one prefill of the scaled values, then a step at a time (a sample, or the mean
+    when greedy); nothing can fail to parse."""
+    gen = torch.Generator().manual_seed(s.seed)
+    preds = {ctx: [] for ctx in s.contexts}
+    spent = 0.0
+    for start in range(0, len(values), s.batch_size):
+        batch = values[start:start + s.batch_size]
+        stats = {}
+        for ctx in s.contexts:
+            context = torch.as_tensor(batch[:, :ctx] / alpha, dtype=torch.float32).repeat_interleave(s.samples, 0)
+            out = forecast_values(model, context.to(model.device), s.horizon, s.temperature, gen, stats, convention.name)
+            preds[ctx].append(out.cpu().double().numpy().reshape(len(batch), s.samples, s.horizon, 2) * alpha)
+        spent += stats["flops"]
+        if charge is not None:
+            charge(start, start + len(batch), stats["flops"])
+        if bar is not None:
+            bar.update(len(batch))
+    return {ctx: np.concatenate(p) for ctx, p in preds.items()}, {ctx: 0 for ctx in s.contexts}, spent
 
 
 def parse_forecast(text: str, v: np.ndarray, ctx: int, s: EvalSettings, alpha: float, failed: dict) -> np.ndarray:
@@ -171,10 +257,9 @@ def forecast_language_models(s: EvalSettings, sel: Selection, adapters: list[tup
     convention = get_convention(ledger.convention)
     forecasts, failed, flops = {}, {}, {}
     for label, adapter in ([] if (adapters and s.no_base) else [("model", None)]) + adapters:
-        model = load_pretrained(s.model, dtype=dtype, device=device)
-        if adapter is not None:
-            lora.load_adapter(model, adapter)
-        need = generation_bound(model, tok, sel.values, s, sel.alpha, convention)
+        model = load_forecaster(s, adapter, device, dtype)
+        need = generation_bound(model, tok, sel.values, s, sel.alpha, convention, s.encoding,
+                                None if s.encoding == "continuous" else len(step_grammar(tok, s)))
         if not ledger.can_afford(need):
             raise UsageError(f"{s.ledger}: evaluating {label} needs up to {need:.3e} FLOPs, "
                              f"{ledger.refresh().remaining:.3e} remain")
@@ -186,6 +271,18 @@ def forecast_language_models(s: EvalSettings, sel: Selection, adapters: list[tup
         forecasts[label] = {ctx: Forecast(samples[ctx]) for ctx in s.contexts}
         del model
     return forecasts, failed, flops
+
+
+def load_forecaster(s: EvalSettings, adapter: Path | None, device, dtype):
+    """The model to forecast with: --model in the evaluation's encoding, with the adapter loaded. A
+    language model under a continuous adapter gets the adapter's value layers around its decoder."""
+    components = lora.adapter_components(adapter) if adapter is not None else None
+    model = load_pretrained(s.model, dtype=dtype, device=device, encoding=s.encoding, components=components or 1)
+    if s.encoding == "continuous" and not isinstance(model, QwenForValueForecasting):
+        model = QwenForValueForecasting.from_decoder(model.model, model.config, components or 1)
+    if adapter is not None:
+        lora.load_adapter(model, adapter)
+    return model.eval()
 
 
 # --- baselines -------------------------------------------------------------------------------------
@@ -264,8 +361,10 @@ def evaluate(s: EvalSettings) -> dict:
     check_writable(Path(s.out))  # a file there, or a folder that can't be written, is refused before any FLOP
     sel = select(s)
     adapters = labelled_adapters(s)
+    s = dataclasses.replace(s, encoding=resolve_encoding(s, adapters))
+    s.check()
     device, dtype = device_and_dtype(s.device, s.dtype)
-    tok = load_tokenizer(s.model)
+    tok = load_tokenizer(s.model, s.encoding)
     key = identity(s, sel, adapters)
     ledger = Ledger.open(s.ledger, s.budget, s.convention)
     n_models = len(adapters) + (0 if (adapters and s.no_base) else 1)
@@ -282,8 +381,8 @@ def evaluate(s: EvalSettings) -> dict:
     results = {"data": str(s.data), "split": s.split, "split_seed": s.split_seed, "systems": list(map(int, sel.systems)),
                "alpha": sel.alpha, "contexts": s.contexts, "horizon": s.horizon, "model": s.model,
                "adapters": [str(p) for _, p in adapters], "ledger_key": key,
-               "decoding": {"samples": s.samples, "temperature": s.temperature,
-                            "grammar": "".join(c if len(c) == 1 else "D" for c in step_pattern(s.decimals))},
+               "encoding": s.encoding,
+               "decoding": {"samples": s.samples, "temperature": s.temperature, "grammar": grammar_text(s)},
                "convention": ledger.convention, "flops": sum(flops.values()), "baselines": about,
                "ode_fit": about.get("ode_fit", {}),
                "methods": score_methods(forecasts, truth, sel.alpha, s.contexts, failed, flops)}

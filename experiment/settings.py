@@ -21,12 +21,15 @@ from pathlib import Path
 
 import lora
 from data.baselines import STATISTICAL
+from data.encodings import ENCODINGS
 from flops.ledger import DEFAULT_BUDGET
 from qwen_min import LoadError
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_DATA = "data/lotka_volterra_data.h5"
 SCRATCH_PREFIX = "scratch-"
+TOKEN_CHUNK = 512  # default training window in tokens (the report's)
+CONTINUOUS_CHUNK = 100  # default training window in time steps with --encoding continuous: a whole series
 FRESH_SYSTEMS = 850  # new systems per epoch for the scratch-* presets: the file's training split's size
 
 
@@ -46,6 +49,16 @@ def need(ok: bool, message: str) -> None:
 
 def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def check_encoding(s) -> None:
+    """What an encoding needs of the other settings (a run's, or an evaluation's with --encoding)."""
+    encoding = getattr(s, "encoding", None)
+    if encoding == "bins":
+        need(s.decimals == 2, f"--encoding bins: the value vocabulary is 0.00 to 9.99, so --decimals must be 2, "
+                              f"got {s.decimals}")
+    if hasattr(s, "components"):
+        need(s.components >= 1, f"--components must be at least 1, got {s.components}")
 
 
 def check_lora(rank, alpha, dropout) -> None:
@@ -97,9 +110,14 @@ class CommonTrain(Charged):
     model: str = opt(DEFAULT_MODEL, "hub id, local directory, tiny-random or scratch-1m/5m/20m", defining=True)
     data: str = opt(DEFAULT_DATA, "HDF5 series file (simulated if the default is missing)", defining=True)
     split_seed: int = opt(0, "seed of the 850/150 train/validation split", defining=True)
-    chunk: int = opt(512, "tokens per training window", defining=True)
-    stride: int | None = opt(None, "tokens between window starts (default: 268 per 512 of --chunk, so 268 at the "
-                             "default chunk)", type=int, defining=True)
+    encoding: str = opt("digits", "how a series enters the model: digits (LLMTIME text, a token per character), bins "
+                        "(a token per value, 0.00-9.99) or continuous (a position per time step, a linear input "
+                        "layer and a Gaussian-mixture head)", choices=ENCODINGS, defining=True)
+    components: int = opt(1, "Gaussians per species in the continuous head (1: a Gaussian)", defining=True)
+    chunk: int | None = opt(None, "positions per training window: tokens, or time steps with --encoding continuous "
+                            "(default: 512 tokens, 100 steps)", type=int, defining=True)
+    stride: int | None = opt(None, "positions between window starts (default: 268 per 512 of --chunk, so 268 at the "
+                             "default chunk; --chunk with --encoding continuous)", type=int, defining=True)
     batch_size: int = opt(4, "windows per step (over all processes)", defining=True)
     eval_every: int = opt(200, "steps between validation passes")
     val_limit: int | None = opt(None, "validation systems used for the loss (default: all)", type=int)
@@ -125,9 +143,11 @@ class CommonTrain(Charged):
     def check(self) -> None:
         """Everything that can be refused before loading anything."""
         check_shared(self)
+        check_encoding(self)
+        need(self.chunk is None or self.chunk >= 2, f"--chunk must be at least 2, got {self.chunk}")
         if self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise UsageError("--batch-size, --max-steps, --eval-every and --checkpoint-every must be at least 1")
-        if self.stride is not None and not 1 <= self.stride <= self.chunk:
+        if self.stride is not None and self.chunk is not None and not 1 <= self.stride <= self.chunk:
             raise UsageError(f"--stride must be between 1 and --chunk ({self.chunk}), got {self.stride}")
         need(finite(self.clip) and self.clip >= 0, f"--clip must be >= 0 (0: off), got {self.clip}")
         need(finite(self.weight_decay) and self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
@@ -155,6 +175,9 @@ class TrainSettings(CommonTrain):
     lr: float = opt(1e-4, "learning rate (AdamW on the trained parameters)", defining=True)
     train_fraction: float = opt(1.0, "share of the training systems used", defining=True)
     max_steps: int = opt(1000, "optimizer steps")
+    flops: float | None = opt(None, "train for as many steps as this many FLOPs pay for, validation passes "
+                              "included; sets --max-steps, so a --schedule cosine ends at the budget (default: none, "
+                              "--max-steps decides)", type=float)
     out: str | None = opt(None, "run directory (default: runs/<name>)", type=str)
     name: str | None = opt(None, "experiment name in the ledger (default: lora-r<rank>-lr<lr>-c<chunk>)", type=str)
 
@@ -163,6 +186,8 @@ class TrainSettings(CommonTrain):
         need(finite(self.lr) and self.lr > 0, f"--lr must be positive, got {self.lr}")
         if self.max_steps < 1:
             raise UsageError("--batch-size, --max-steps, --eval-every and --checkpoint-every must be at least 1")
+        need(self.flops is None or (finite(self.flops) and self.flops > 0),
+             f"--flops must be a positive number, got {self.flops}")
         if not 0 < self.train_fraction <= 1:
             raise UsageError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
         super().check()
@@ -174,8 +199,10 @@ class TrainSettings(CommonTrain):
             s = dataclasses.replace(s, full=True)
         if s.fresh_systems is None:
             s = dataclasses.replace(s, fresh_systems=FRESH_SYSTEMS if s.scratch else 0)
+        if s.chunk is None:
+            s = dataclasses.replace(s, chunk=CONTINUOUS_CHUNK if s.encoding == "continuous" else TOKEN_CHUNK)
         if s.stride is None:
-            s = dataclasses.replace(s, stride=default_stride(s.chunk))
+            s = dataclasses.replace(s, stride=s.chunk if s.encoding == "continuous" else default_stride(s.chunk))
         s.check()
         name = s.name or s.default_name()
         return dataclasses.replace(s, name=name, out=absolute(s.out or Path("runs") / name), data=absolute(s.data),
@@ -183,9 +210,10 @@ class TrainSettings(CommonTrain):
 
     def default_name(self) -> str:
         frac = "" if self.train_fraction == 1 else f"-f{self.train_fraction:g}"
+        enc = "" if self.encoding == "digits" else f"-{self.encoding}"
         if self.full:
-            return f"full-{Path(str(self.model)).name}-lr{self.lr:g}-c{self.chunk}{frac}"
-        return f"lora-r{self.rank}-lr{self.lr:g}-c{self.chunk}{frac}"
+            return f"full-{Path(str(self.model)).name}{enc}-lr{self.lr:g}-c{self.chunk}{frac}"
+        return f"lora-r{self.rank}{enc}-lr{self.lr:g}-c{self.chunk}{frac}"
 
 
 @dataclass(frozen=True)
@@ -219,8 +247,11 @@ class EvalSettings(Charged):
     adapter: list[str] = opt([], "LoRA adapter (PEFT layout, or a train.py run directory); repeat to compare several (default: none, the model alone)",
                              type=str, flag="append")
     no_base: bool = opt(False, "with --adapter, skip the untuned model (default: off)")
+    encoding: str | None = opt(None, "how the model reads a series (default: what the model or the --adapter's run "
+                               "says; digits for a preset)", type=str, choices=ENCODINGS)
     data: str = opt(DEFAULT_DATA, "HDF5 series file (simulated if the default is missing)")
-    split: str = opt("validation", "which split's systems", choices=("validation", "train"))
+    split: str = opt("validation", "which split's systems (all: every system of the file, e.g. one simulated with a "
+                     "seed no training run used)", choices=("validation", "train", "all"))
     split_seed: int = opt(0, "seed of the 850/150 train/validation split")
     ctx: list[int] = opt([40, 80], "context lengths in time steps", type=int)
     horizon: int = opt(20, "steps to forecast")
@@ -251,6 +282,7 @@ class EvalSettings(Charged):
     def check(self, n_points: int | None = None) -> None:
         """Refuse what can't be evaluated (on a series of `n_points` time points, when given)."""
         check_shared(self)
+        check_encoding(self)
         need(finite(self.temperature) and self.temperature >= 0,
              f"--temperature must be >= 0 (0: greedy), got {self.temperature}")
         need(self.workers is None or self.workers >= 1, f"--workers must be at least 1, got {self.workers}")

@@ -11,6 +11,7 @@ metrics.jsonl (a line per step), adapter_best/ and adapter_last/ (or model_best/
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,10 +27,12 @@ from data.files import atomic_write, file_digest, write_text
 from flops import Ledger, get_convention
 from flops.ledger import DEFAULT_BUDGET
 from qwen_min import device_and_dtype, load_pretrained, load_tokenizer, save_pretrained
+from qwen_min.continuous import QwenForValueForecasting, value_loss
 from qwen_min.loss import IGNORE, lm_loss
+from qwen_min.weights import model_encoding
 
 from .batches import prepare_data
-from .costs import full_step_cost, step_cost, val_cost
+from .costs import affordable_steps, full_step_cost, step_cost, val_cost
 from .report import plot_losses
 from .runfolder import CHECKPOINT, FolderLock, check_writable, is_run, new_run_id, read_checkpoint, read_config, same_run
 from .settings import RunError, TrainSettings, UsageError, as_config
@@ -55,20 +58,45 @@ def all_agree(ok: bool, world: int, device) -> bool:
     return bool(flag.item())
 
 
+def check_encoding(s: TrainSettings) -> None:
+    """Refuse a model that can't be read in the run's encoding (a directory says its own)."""
+    found = model_encoding(s.model, s.encoding)
+    if found == s.encoding or (s.encoding == "continuous" and found == "digits"):
+        return  # a language model gets new value layers for continuous
+    if s.encoding == "bins":
+        raise UsageError(f"--encoding bins needs a preset (scratch-*, tiny-random) or a model trained with bins: "
+                         f"{s.model} reads {found}, its vocabulary has no value tokens")
+    raise UsageError(f"--model {s.model} reads {found}, not --encoding {s.encoding}")
+
+
 def build_model(s: TrainSettings, device, dtype, seed: int):
-    """The model of a run: every weight trainable with --full, else LoRA (fp32 adapters, seeded)."""
-    model = load_pretrained(s.model, dtype=dtype, device=device)
+    """The model of a run: every weight trainable with --full, else LoRA (fp32 adapters, seeded).
+    With --encoding continuous on a language model, its decoder gets new value layers (seeded),
+    which train fully beside the LoRA matrices."""
+    model = load_pretrained(s.model, dtype=dtype, device=device, encoding=s.encoding, components=s.components)
+    gen = torch.Generator().manual_seed(seed)
+    if s.encoding == "continuous" and not isinstance(model, QwenForValueForecasting):
+        model = QwenForValueForecasting.from_decoder(model.model, model.config, s.components, gen)
     if s.full:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
     lora.inject(model, rank=s.rank, alpha=s.alpha, dropout=s.dropout, targets=s.targets, verbose=False)
-    gen = torch.Generator().manual_seed(seed)
     for layer in lora.lora_layers(model).values():
         layer.lora_A.float()  # adapters train in fp32 even on a bf16 base
         layer.lora_B.float()
         layer.reset_lora(generator=gen)
+    for name in lora.VALUE_LAYERS if s.encoding == "continuous" else ():
+        getattr(model, name).float().requires_grad_(True)
     return model
+
+
+def loss_of(model, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The training loss of either kind of model: next-token cross-entropy (nats/token) or the next
+    step's negative log-likelihood (nats/step); and the positions it scored."""
+    if isinstance(model, QwenForValueForecasting):
+        return value_loss(model, inputs, labels)
+    return lm_loss(model, inputs, labels)
 
 
 class LossModule(torch.nn.Module):
@@ -78,26 +106,29 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, labels):
-        return lm_loss(self.model, input_ids, labels)
+    def forward(self, inputs, labels):
+        return loss_of(self.model, inputs, labels)
 
 
 @torch.no_grad()
-def validation_loss(model, val_ids: list[list[int]], pad_id: int, device, autocast, batch: int = 8) -> float:
-    """Token-mean loss (nats/token) over whole validation systems (padded on the right, batched by length)."""
+def validation_loss(model, val_ids: list, pad_id: int, device, autocast, batch: int = 8) -> float:
+    """Position-mean loss (nats/token, or nats/step when continuous) over whole validation systems
+    (padded on the right, batched by length)."""
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(val_ids)), key=lambda i: len(val_ids[i]))
+    continuous = isinstance(model, QwenForValueForecasting)
     for s in range(0, len(order), batch):
         rows = [val_ids[i] for i in order[s:s + batch]]
         width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        ids = (torch.zeros((len(rows), width, 2)) if continuous else
+               torch.full((len(rows), width), pad_id, dtype=torch.long))
         labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
         for j, r in enumerate(rows):
-            ids[j, :len(r)] = torch.tensor(r)
-            labels[j, :len(r)] = torch.tensor(r)
+            ids[j, :len(r)] = torch.as_tensor(r)
+            labels[j, :len(r)] = 0 if continuous else torch.tensor(r)
         with autocast():
-            loss, n = lm_loss(model, ids.to(device), labels.to(device))
+            loss, n = loss_of(model, ids.to(device), labels.to(device))
         total += loss.item() * n
         count += n
     return total / max(count, 1)
@@ -169,11 +200,12 @@ class Trainer:
         self.out = Path(s.out)
         self.continuing = is_run(self.out)
         check_writable(self.out)
-        self.tok = load_tokenizer(s.model)
+        check_encoding(s)
+        self.tok = load_tokenizer(s.model, s.encoding)
         self.prep = prepare_data(s, self.tok)
         self.data_sha256 = file_digest(s.data)
         self.model = build_model(s, self.device, self.dtype, s.seed)
-        if self.tok.vocab_size > self.model.config.vocab_size:
+        if s.encoding != "continuous" and self.tok.vocab_size > self.model.config.vocab_size:
             raise UsageError(f"--model {s.model}: its vocabulary ({self.model.config.vocab_size}) is smaller than its "
                              f"tokenizer's ({self.tok.vocab_size} tokens)")
         # an existing ledger, checked against --budget and --convention when given (a new one is made in claim)
@@ -183,6 +215,12 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay)
         self.eval_flops = val_cost(self.model, self.convention, self.prep.val_ids)
         self.full_step = full_step_cost(self.model, self.convention, s.chunk, s.batch_size)
+        if s.flops is not None:  # the steps the FLOPs pay for, fixed before anything is written
+            steps = affordable_steps(s.flops, self.full_step, self.eval_flops, s.eval_every)
+            if steps < 1:
+                raise UsageError(f"--flops {s.flops:.3g} can't pay for one step of this run and its validation "
+                                 f"({self.full_step + self.eval_flops:.3e} FLOPs)")
+            self.s = s = dataclasses.replace(s, max_steps=steps)
         self.check_budget(existing)
         self.train_model = LossModule(self.model)
         if self.world > 1:
@@ -267,7 +305,7 @@ class Trainer:
         return {**as_config(self.s), "run_id": self.run_id, "data_sha256": self.data_sha256,
                 "dtype": str(self.dtype).removeprefix("torch."), "world_size": self.world,
                 "train_systems": p.train_systems, "validation_systems": p.val_systems,
-                "alpha_train": p.alpha_train, "alpha_validation": p.alpha_val, "windows": len(p.windows["input_ids"]),
+                "alpha_train": p.alpha_train, "alpha_validation": p.alpha_val, "windows": len(p.windows["labels"]),
                 "flops_per_full_step": self.full_step, "flops_per_validation": self.eval_flops,
                 "trainable_parameters": sum(q.numel() for q in self.params),
                 "lora": None if self.s.full else lora.summary(self.model)}

@@ -1,4 +1,8 @@
-"""Adapter files in the PEFT layout (adapter_config.json + adapter_model.safetensors), and merged export."""
+"""Adapter files in the PEFT layout (adapter_config.json + adapter_model.safetensors), and merged export.
+
+A continuous model's adapter also holds its new input and output layers in full (`embed_values`,
+`value_head`: PEFT's `modules_to_save`, stored as base_model.model.embed_values.weight and so on).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."  # what peft puts before the base model's own module names
 PEFT_DEFAULT_ALPHA = 8  # peft's LoraConfig.lora_alpha when a config leaves it out
+VALUE_LAYERS = ("embed_values", "value_head")  # a continuous model's layers, trained in full beside LoRA
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
@@ -27,7 +32,15 @@ def adapter_state(model) -> dict[str, torch.Tensor]:
     for name, layer in lora_layers(model).items():
         state[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight.detach().contiguous().cpu()
         state[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous().cpu()
+    for name in saved_modules(model):
+        for leaf, p in getattr(model, name).named_parameters():
+            state[f"{PREFIX}{name}.{leaf}"] = p.detach().contiguous().cpu()
     return state
+
+
+def saved_modules(model) -> list[str]:
+    """The layers an adapter of this model stores in full: a continuous model's value layers."""
+    return [name for name in VALUE_LAYERS if hasattr(model, name)]
 
 
 def save_adapter(model, directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
@@ -40,7 +53,8 @@ def save_adapter(model, directory: str | Path, base_model_name_or_path: str | No
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg["r"], "lora_alpha": cfg["lora_alpha"],
               "lora_dropout": cfg["lora_dropout"], "target_modules": cfg["target_modules"], "bias": "none",
               "base_model_name_or_path": base_model_name_or_path,
-              "fan_in_fan_out": False, "inference_mode": True, "modules_to_save": None, "use_rslora": False,
+              "fan_in_fan_out": False, "inference_mode": True, "modules_to_save": saved_modules(model) or None,
+              "use_rslora": False,
               "use_dora": False, "init_lora_weights": True, "layers_to_transform": None, "rank_pattern": {},
               "alpha_pattern": {}}
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(adapter_state(model), p, metadata={"format": "pt"}))
@@ -72,7 +86,12 @@ def read_adapter_config(directory: Path) -> dict:
     if unknown:
         raise LoadError(f"{path}: target module {unknown[0]!r} is not a projection of this model "
                         f"(expected some of {', '.join(TARGETS)})")
-    for key, fine in (("use_dora", False), ("layers_to_transform", None), ("modules_to_save", None)):
+    saved = cfg.get("modules_to_save") or []
+    if not isinstance(saved, list) or sorted(saved) != sorted(VALUE_LAYERS) and saved:
+        raise LoadError(f"{path}: modules_to_save={saved!r} is not supported (only {list(VALUE_LAYERS)}, the layers "
+                        f"of a continuous model)")
+    cfg["modules_to_save"] = saved
+    for key, fine in (("use_dora", False), ("layers_to_transform", None)):
         if cfg.get(key) not in (fine, [], {}) and cfg.get(key) != fine:
             raise LoadError(f"{path}: {key}={cfg[key]!r} is not supported")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern") or cfg.get("use_rslora"):
@@ -124,7 +143,9 @@ def check_adapter(model, directory: str | Path) -> tuple[dict, dict[str, str]]:
     if present is not None and (present["r"] != cfg["r"] or set(present["target_modules"]) != set(cfg["target_modules"])):
         raise LoadError(f"{directory}: adapter has r={cfg['r']} on {', '.join(cfg['target_modules'])}, but the "
                         f"model's LoRA layers have r={present['r']} on {', '.join(present['target_modules'])}")
-    expected = expected_shapes(model, cfg["r"], cfg["target_modules"])
+    if saved_modules(model) and not cfg["modules_to_save"]:
+        raise LoadError(f"{directory}: a language model's adapter (no value layers); this model is continuous")
+    expected = expected_shapes(model, cfg["r"], cfg["target_modules"], cfg["modules_to_save"])
     renamed = {k.replace(".default.weight", ".weight"): k for k in stored}  # some peft versions keep the name
     for key in sorted(set(expected) - set(renamed)):
         raise LoadError(f"{weights}: missing key {key} (the adapter doesn't cover this model's layers)")
@@ -141,9 +162,34 @@ def check_adapter(model, directory: str | Path) -> tuple[dict, dict[str, str]]:
     return cfg, renamed
 
 
-def expected_shapes(model, rank: int, targets) -> dict[str, tuple[int, int]]:
-    """PEFT key -> shape of every LoRA matrix an adapter of this rank and these targets must hold."""
+def adapter_components(directory: str | Path) -> int | None:
+    """The mixture components of the continuous model an adapter was trained on (from its value
+    head's shape), or None for a language model's adapter. The adapter is checked first."""
+    directory = Path(directory)
+    cfg = read_adapter_config(directory)
+    if not cfg["modules_to_save"]:
+        return None
+    key = f"{PREFIX}value_head.bias"
+    try:
+        with safe_open(directory / WEIGHTS_FILE, framework="pt") as f:
+            width = f.get_slice(key).get_shape()[0] if key in f.keys() else None
+    except (SafetensorError, OSError) as e:
+        raise LoadError(f"{directory / WEIGHTS_FILE}: not a readable safetensors file ({e})") from None
+    if width is None or width % 6:
+        raise LoadError(f"{directory / WEIGHTS_FILE}: {key} is missing or not 6 x components wide")
+    return width // 6
+
+
+def expected_shapes(model, rank: int, targets, saved=()) -> dict[str, tuple[int, int]]:
+    """PEFT key -> shape of every LoRA matrix an adapter of this rank and these targets must hold, and
+    of the layers it keeps in full (`saved`, a continuous model's)."""
     shapes = {}
+    for name in saved:
+        if not hasattr(model, name):
+            raise LoadError(f"the adapter holds {name}, a layer of a continuous model; this model has none "
+                            f"(load the adapter onto a continuous model)")
+        for leaf, p in getattr(model, name).named_parameters():
+            shapes[f"{PREFIX}{name}.{leaf}"] = tuple(p.shape)
     for i, block in enumerate(model.model.layers):
         for name in TARGETS:
             if name not in targets:
@@ -176,4 +222,4 @@ def export_merged(model, directory: str | Path, tokenizer) -> Path:
     """A full model directory with the adapter merged and the tokenizer beside it (config.json,
     model.safetensors, tokenizer.json, tokenizer_config.json): what `python -m qwen_min --model`,
     `qwen_min.load_pretrained` and transformers' `AutoModelForCausalLM`/`AutoTokenizer` load."""
-    return save_state(model.config, merged_state(model), directory, tokenizer)
+    return save_state(model.config, merged_state(model), directory, tokenizer, getattr(model, "components", None))

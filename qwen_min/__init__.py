@@ -2,11 +2,14 @@
 
 config (QwenConfig), model (the modules), weights (load/save in the Hugging Face layout),
 tokenizer (Qwen's BPE, a byte tokenizer, the 13-symbol number vocabulary), presets (tiny-random and
-scratch-* models made on the fly), generate (KV-cache decoding), loss (fused LM-head cross-entropy).
-Imports nothing of the project's other packages but `flops` primitives and `data.files` (atomic writes).
+scratch-* models made on the fly), generate (KV-cache decoding), loss (fused LM-head cross-entropy),
+continuous (the decoder on continuous values: a linear input layer and a Gaussian-mixture head).
+Imports nothing of the project's other packages but `flops` primitives, `data.files` (atomic writes) and
+`data.encodings` (the encodings' names and value bins).
 """
 
 from .config import QwenConfig
+from .continuous import QwenForValueForecasting
 from .errors import LoadError
 from .generate import generate
 from .presets import PRESETS, TINY_RANDOM, preset_model, tiny_random_model
@@ -14,6 +17,6 @@ from .model import KVCache, QwenForCausalLM, init_weights
 from .tokenizer import NUMBER_SYMBOLS, Tokenizer
 from .weights import device_and_dtype, load_config, load_pretrained, load_tokenizer, parse_device, parse_dtype, save_pretrained
 
-__all__ = ["QwenConfig", "LoadError", "generate", "PRESETS", "TINY_RANDOM", "preset_model", "tiny_random_model",
+__all__ = ["QwenConfig", "QwenForValueForecasting", "LoadError", "generate", "PRESETS", "TINY_RANDOM", "preset_model", "tiny_random_model",
            "KVCache", "QwenForCausalLM", "init_weights", "NUMBER_SYMBOLS", "device_and_dtype", "Tokenizer", "load_tokenizer", "load_config",
            "load_pretrained", "parse_device", "parse_dtype", "save_pretrained"]

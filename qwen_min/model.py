@@ -229,9 +229,12 @@ class QwenModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None):
-        """input_ids (B, T) -> final hidden states (B, T, D). attention_mask (B, T): 1 real, 0 padding."""
-        B, T = input_ids.shape
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache: KVCache | None = None,
+                inputs_embeds: torch.Tensor | None = None):
+        """input_ids (B, T), or inputs_embeds (B, T, D) in their place -> final hidden states (B, T, D).
+        attention_mask (B, T): 1 real, 0 padding."""
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        B, T = x.shape[:2]
         start = cache.length if cache is not None else 0
         key_valid = None if attention_mask is None else attention_mask.bool()
         if cache is not None:
@@ -241,10 +244,9 @@ class QwenModel(nn.Module):
             key_valid = cache.valid[:, :start + T]
         if position_ids is None:
             if key_valid is None:
-                position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+                position_ids = torch.arange(start, start + T, device=x.device).expand(B, T)
             else:  # left padding: real tokens count from 0
                 position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
-        x = self.embed_tokens(input_ids)  # (B, T, D)
         cos, sin = self.rotary(position_ids, x.dtype)  # (B, T, E)
         mask = attention_mask_for(key_valid, T, start)
         for layer in self.layers:
@@ -318,7 +320,7 @@ class QwenForCausalLM(nn.Module):
 
 
 @torch.no_grad()
-def init_weights(model: QwenForCausalLM, seed: int = 0, std: float = 0.02) -> QwenForCausalLM:
+def init_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> QwenForCausalLM:
     """Random weights (normal(0, std) matrices, zero biases, unit norms), the same for a given seed."""
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():

@@ -2,14 +2,21 @@
 tokenizer) for trying every command offline, and the `scratch-*` presets, small models of the same
 architecture with a 13-symbol number vocabulary, meant to be trained from scratch (`train.py --full`).
 
+Each preset comes in the three encodings of `data.encodings`: `digits` (the vocabularies above),
+`bins` (the 1,000 value tokens of `bins_tokenizer`) and `continuous` (QwenForValueForecasting: a
+linear input layer and a mixture head, the token embedding kept at the number vocabulary's 16 rows).
 Weights depend only on the seed, so an adapter trained on a preset loads onto it again later.
 """
 
 from __future__ import annotations
 
+from data.encodings import ENCODINGS
+
 from .config import QwenConfig
+from .continuous import QwenForValueForecasting
+from .errors import LoadError
 from .model import QwenForCausalLM, init_weights
-from .tokenizer import Tokenizer, number_tokenizer, tiny_tokenizer
+from .tokenizer import Tokenizer, bins_tokenizer, number_tokenizer, tiny_tokenizer
 
 TINY_RANDOM = "tiny-random"
 
@@ -26,12 +33,20 @@ def is_preset(name) -> bool:
     return str(name) in PRESETS
 
 
-def preset_tokenizer(name: str) -> Tokenizer:
-    return tiny_tokenizer(TINY_RANDOM) if name == TINY_RANDOM else number_tokenizer()
+def check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise LoadError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
 
 
-def preset_config(name: str) -> QwenConfig:
-    tok = preset_tokenizer(name)
+def preset_tokenizer(name: str, encoding: str = "digits") -> Tokenizer:
+    check_encoding(encoding)
+    if encoding == "bins":
+        return bins_tokenizer()
+    return tiny_tokenizer(TINY_RANDOM) if name == TINY_RANDOM and encoding == "digits" else number_tokenizer()
+
+
+def preset_config(name: str, encoding: str = "digits") -> QwenConfig:
+    tok = preset_tokenizer(name, encoding)
     vocab = -(-tok.vocab_size // 16) * 16  # round up, as Qwen's own embedding is wider than its tokenizer
     if name == TINY_RANDOM:  # 2 blocks of width 64, 4 query heads sharing 2 key/value heads
         d, f, layers, heads, kv = 64, 176, 2, 4, 2
@@ -43,9 +58,13 @@ def preset_config(name: str) -> QwenConfig:
                       bos_token_id=tok.eos_id, eos_token_id=tok.eos_id)
 
 
-def preset_model(name: str, seed: int = 0) -> QwenForCausalLM:
-    """The preset's network with fixed random weights (normal(0, 0.02) matrices)."""
-    return init_weights(QwenForCausalLM(preset_config(name)), seed=seed).eval()
+def preset_model(name: str, seed: int = 0, encoding: str = "digits",
+                 components: int = 1) -> QwenForCausalLM | QwenForValueForecasting:
+    """The preset's network in `encoding` with fixed random weights (normal(0, 0.02) matrices);
+    `components`: Gaussians per species of a continuous model's head."""
+    config = preset_config(name, encoding)
+    model = QwenForValueForecasting(config, components) if encoding == "continuous" else QwenForCausalLM(config)
+    return init_weights(model, seed=seed).eval()
 
 
 def tiny_random_model(seed: int = 0) -> QwenForCausalLM:

@@ -1,22 +1,27 @@
-"""Tokenizers behind one small interface: Qwen's byte-level BPE from tokenizer.json, and a tiny byte tokenizer.
+"""Tokenizers behind one small interface: Qwen's byte-level BPE from tokenizer.json, a tiny byte
+tokenizer, the 13-symbol number vocabulary, and the bins vocabulary of value tokens.
 
-Both split every digit into its own token, which is what the LLMTIME encoding relies on.
+All but the last split every digit into its own token, which is what the LLMTIME (digits) encoding
+relies on; the bins vocabulary reads the same text a whole value per token.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tokenizers import Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
+from data.encodings import bin_words
 from data.files import atomic_write, write_text
 
 from .errors import LoadError
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
+VALUE_WORD = re.compile(r"^\d\.\d+$")  # a value token of the bins vocabulary, e.g. '0.68'
 
 
 class Tokenizer:
@@ -31,6 +36,15 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def value_words(self) -> dict[str, int]:
+        """{value text: id} when whole numbers such as '0.68' are single tokens (the bins vocabulary),
+        else {} (digit-level tokenizers: Qwen's, the byte and number vocabularies)."""
+        vocab = self.tok.get_vocab(with_added_tokens=False)
+        if "0.00" not in vocab and "0.0" not in vocab:
+            return {}
+        return {w: i for w, i in vocab.items() if VALUE_WORD.match(w)}
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -96,6 +110,21 @@ def number_tokenizer() -> Tokenizer:
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(["<|endoftext|>"])
     return Tokenizer(tok, "numbers")
+
+
+def bins_tokenizer(decimals: int = 2) -> Tokenizer:
+    """The bins vocabulary: one token per value '0.00' ... '9.99' (ids 0-999 at 2 decimals, a bin's
+    index is its value times 100), then ',' , ';' , `<|endoftext|>` and `<unk>`. It reads and writes
+    the same text as the digits: "0.68,0.75;" is the four tokens 0.68 , 0.75 ;"""
+    words = bin_words(decimals)
+    vocab = {w: i for i, w in enumerate(words)}
+    for extra in (",", ";", "<|endoftext|>", "<unk>"):
+        vocab[extra] = len(vocab)
+    tok = HFTokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(rf"\d\.\d{{{decimals}}}|."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(["<|endoftext|>"])
+    return Tokenizer(tok, f"bins-{decimals}")
 
 
 def read_tokenizer(directory: Path, name: str) -> Tokenizer:

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from data.files import atomic_write, write_text
 
 from .config import QwenConfig
+from .continuous import QwenForValueForecasting
 from .errors import LoadError
 from .hub import resolve_dir
 from .model import QwenForCausalLM
@@ -55,25 +56,60 @@ def device_and_dtype(device: str, dtype: str | None = None) -> tuple[torch.devic
     return dev, parse_dtype(dtype or ("bf16" if dev.type == "cuda" else "fp32"))
 
 
-def load_config(name_or_path: str | Path) -> QwenConfig:
-    """The config alone (no weights read): for FLOPs planning on the meta device."""
+VALUE_ARCHITECTURE = "QwenForValueForecasting"  # config.json's `architectures` of a continuous model
+
+
+def load_config(name_or_path: str | Path, encoding: str = "digits") -> QwenConfig:
+    """The config alone (no weights read): for FLOPs planning on the meta device. `encoding` picks
+    a preset's vocabulary; a directory's config says its own."""
     if is_preset(name_or_path):
-        return preset_config(str(name_or_path))
+        return preset_config(str(name_or_path), encoding)
     return QwenConfig.from_json(resolve_dir(name_or_path) / "config.json")
 
 
-def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
-    """Qwen's tokenizer from a directory holding tokenizer.json, a hub id, or a preset's tokenizer."""
+def value_components(name_or_path: str | Path) -> int | None:
+    """The mixture components of a continuous model saved in a directory, None for a language model
+    (or a preset, which is continuous only when asked for)."""
     if is_preset(name_or_path):
-        return preset_tokenizer(str(name_or_path))
+        return None
+    path = resolve_dir(name_or_path) / "config.json"
+    raw = json.loads(path.read_text()) if path.is_file() else {}
+    if VALUE_ARCHITECTURE not in (raw.get("architectures") or []):
+        return None
+    k = raw.get("value_components")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise LoadError(f"{path}: value_components must be a positive integer, got {k!r}")
+    return k
+
+
+def model_encoding(name_or_path: str | Path, encoding: str | None = None) -> str:
+    """The encoding a model reads: what its directory says (continuous from config.json, bins from a
+    tokenizer of value tokens, else digits); for a preset, `encoding` (digits when not given)."""
+    if is_preset(name_or_path):
+        return encoding or "digits"
+    if value_components(name_or_path) is not None:
+        return "continuous"
+    return "bins" if load_tokenizer(name_or_path).value_words else "digits"
+
+
+def load_tokenizer(name_or_path: str | Path, encoding: str = "digits") -> Tokenizer:
+    """Qwen's tokenizer from a directory holding tokenizer.json, a hub id, or a preset's tokenizer
+    (in `encoding`)."""
+    if is_preset(name_or_path):
+        return preset_tokenizer(str(name_or_path), encoding)
     return read_tokenizer(resolve_dir(name_or_path), str(name_or_path))
 
 
-def expected_shapes(config: QwenConfig) -> dict[str, tuple[int, ...]]:
-    """Checkpoint key -> shape, built on the meta device (no memory)."""
+def empty_model(config: QwenConfig, components: int | None = None):
+    """The network of `config` on the meta device: a language model, or with `components` a
+    continuous one."""
     with torch.device("meta"):
-        model = QwenForCausalLM(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return QwenForCausalLM(config) if components is None else QwenForValueForecasting(config, components)
+
+
+def expected_shapes(config: QwenConfig, components: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Checkpoint key -> shape, built on the meta device (no memory)."""
+    return {k: tuple(v.shape) for k, v in empty_model(config, components).state_dict().items()}
 
 
 def _checkpoint_files(directory: Path) -> dict[str, Path]:
@@ -116,11 +152,12 @@ def _shape_of(path: Path, key: str) -> tuple[int, ...]:
         return tuple(f.get_slice(key).get_shape())
 
 
-def load_state(directory: Path, config: QwenConfig, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+def load_state(directory: Path, config: QwenConfig, dtype: torch.dtype, device,
+               components: int | None = None) -> dict[str, torch.Tensor]:
     """Read every checkpoint tensor after checking keys and shapes, so a bad file never half-loads."""
-    expected = expected_shapes(config)
+    expected = expected_shapes(config, components)
     where = _checkpoint_files(directory)
-    optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    optional = {"lm_head.weight"} if config.tie_word_embeddings and components is None else set()
     for key, path in sorted(where.items()):
         if key not in expected:
             raise LoadError(f"{path}: unknown key {key} (not a parameter of this Qwen2 config)")
@@ -142,9 +179,11 @@ def load_state(directory: Path, config: QwenConfig, dtype: torch.dtype, device) 
 
 
 def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu") -> QwenForCausalLM:
+                    device: str | torch.device = "cpu", encoding: str = "digits",
+                    components: int = 1) -> QwenForCausalLM | QwenForValueForecasting:
     """A Qwen2-architecture model from a local Hugging Face directory, a hub id, or a preset
-    (`tiny-random`, `scratch-1m`, `scratch-5m`, `scratch-20m`: see `presets`).
+    (`tiny-random`, `scratch-1m`, `scratch-5m`, `scratch-20m`: see `presets`; `encoding` and
+    `components` choose a preset's kind, a directory's config.json says its own).
 
     Built on the meta device, then the checked tensors are assigned: no memory is spent on a random
     initialisation, and any error (missing file, unknown key, wrong shape) is raised before a model
@@ -153,30 +192,36 @@ def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.f
     dtype = parse_dtype(dtype)
     device = parse_device(str(device))  # 'cuda' on a CPU-only torch: one LoadError line, not an AssertionError
     if is_preset(name_or_path):
-        return preset_model(str(name_or_path)).to(device=device, dtype=dtype)
+        return preset_model(str(name_or_path), encoding=encoding, components=components).to(device=device, dtype=dtype)
     directory = resolve_dir(name_or_path)
     config = QwenConfig.from_json(directory / "config.json")
-    state = load_state(directory, config, dtype, device)
-    with torch.device("meta"):
-        model = QwenForCausalLM(config)
-    model.load_state_dict(state, strict=not config.tie_word_embeddings, assign=True)
-    model.tie_weights()
+    components = value_components(directory)
+    state = load_state(directory, config, dtype, device, components)
+    model = empty_model(config, components)
+    model.load_state_dict(state, strict=components is not None or not config.tie_word_embeddings, assign=True)
+    if components is None:
+        model.tie_weights()
     return model.eval()
 
 
-def save_pretrained(model: QwenForCausalLM, directory: str | Path, tokenizer=None) -> Path:
+def save_pretrained(model: QwenForCausalLM | QwenForValueForecasting, directory: str | Path, tokenizer=None) -> Path:
     """Write config.json and model.safetensors (the tied head left out, as in the official file)."""
-    return save_state(model.config, model.state_dict(), directory, tokenizer)
+    components = getattr(model, "components", None)
+    return save_state(model.config, model.state_dict(), directory, tokenizer, components)
 
 
-def save_state(config: QwenConfig, state: dict[str, torch.Tensor], directory: str | Path, tokenizer=None) -> Path:
-    """Write a checkpoint-keyed state dict in the Hugging Face layout; each file replaced atomically."""
+def save_state(config: QwenConfig, state: dict[str, torch.Tensor], directory: str | Path, tokenizer=None,
+               components: int | None = None) -> Path:
+    """Write a checkpoint-keyed state dict in the Hugging Face layout; each file replaced atomically.
+    With `components`, a continuous model: config.json says so (architectures, value_components)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    if config.tie_word_embeddings:
+    if config.tie_word_embeddings and components is None:
         state.pop("lm_head.weight", None)
     hf_config = config.to_hf_dict()
+    if components is not None:
+        hf_config.update(architectures=[VALUE_ARCHITECTURE], value_components=components)
     hf_config["torch_dtype"] = str(state["model.embed_tokens.weight"].dtype).removeprefix("torch.")
     atomic_write(directory / SINGLE_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
     write_text(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")

@@ -1,0 +1,171 @@
+"""The same decoder on continuous values: one position per time step, a linear input layer in place
+of the token embedding, and a predictive distribution out.
+
+    values (B, T, 2) scaled  --embed_values-->  (B, T, D)  --model-->  (B, T, D)  --value_head-->
+    per species a mixture of `components` Gaussians over the next step's scaled value
+
+The (prey, predator) pair at step t enters at position t; position t's head gives the distribution
+of step t+1. Each component's mean is an offset from the value at t (the next step is near the
+present one), its scale is softplus(raw) + MIN_SCALE, its weight a softmax over the components. The
+loss is the negative log-likelihood of the next step, summed over the two species (nats per step).
+One component is a Gaussian per species. Forecasts feed back a sample (or, greedy, the mixture's
+mean) one step at a time, through the KV cache: 20 forward calls for 20 steps.
+
+Parameter names: the decoder is `model.*` as in the checkpoint; the new layers are `embed_values.*`
+and `value_head.*`. With a pretrained Qwen (LoRA), `model.embed_tokens` stays loaded and unused.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flops.conventions import Convention, Cost, get_convention, linear_flops
+
+from .config import QwenConfig
+from .model import KVCache, QwenModel
+
+SPECIES = 2  # prey, predator
+MIN_SCALE = 1e-3  # the smallest standard deviation a component may have (scaled units)
+# Elementwise FLOPs per species and component of the mixture's log-likelihood: softplus (exp, add,
+# log), the offset mean (add), the standardised error (subtract, divide, square), the Gaussian's log
+# density (log, 2 adds, a multiply), the log weight (log-softmax: exp, add, log, subtract), and the
+# logsumexp over components (max, subtract, exp, add, log): counted as 20.
+NLL_OPS = 20
+
+
+class QwenForValueForecasting(nn.Module):
+    """The decoder with `embed_values` (2 -> D) in, and `value_head` (D -> 2 x 3 x components) out."""
+
+    def __init__(self, config: QwenConfig, components: int = 1):
+        super().__init__()
+        if not isinstance(components, int) or components < 1:
+            raise ValueError(f"components must be a positive integer, got {components!r}")
+        self.config, self.components = config, components
+        self.model = QwenModel(config)
+        self.embed_values = nn.Linear(SPECIES, config.hidden_size)
+        self.value_head = nn.Linear(config.hidden_size, SPECIES * 3 * components)
+
+    @classmethod
+    def from_decoder(cls, decoder: QwenModel, config: QwenConfig, components: int = 1,
+                     generator: torch.Generator | None = None) -> "QwenForValueForecasting":
+        """Around a (pretrained) decoder: new input and output layers, initialised at random."""
+        with torch.device("meta"):
+            model = cls(config, components)
+        model.model = decoder
+        w = decoder.norm.weight
+        model.embed_values = nn.Linear(SPECIES, config.hidden_size, device=w.device, dtype=w.dtype)
+        model.value_head = nn.Linear(config.hidden_size, SPECIES * 3 * components, device=w.device, dtype=w.dtype)
+        model.reset_value_layers(generator)
+        return model
+
+    @torch.no_grad()
+    def reset_value_layers(self, generator: torch.Generator | None = None, std: float = 0.02) -> None:
+        """normal(0, std) weights and zero biases for the two new layers."""
+        for layer in (self.embed_values, self.value_head):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+            layer.bias.zero_()
+
+    def forward(self, values, attention_mask=None, position_ids=None, cache: KVCache | None = None) -> torch.Tensor:
+        """values (B, T, 2) scaled -> final hidden states (B, T, D)."""
+        x = self.embed_values(values.to(self.embed_values.weight.dtype))  # (B, T, D)
+        return self.model(attention_mask=attention_mask, position_ids=position_ids, cache=cache, inputs_embeds=x)
+
+    def mixture(self, hidden: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hidden (..., D) and the values at the same positions (..., 2) -> log weights, means and
+        scales of the next step, each (..., 2, components), in fp32."""
+        raw = self.value_head(hidden).float().unflatten(-1, (SPECIES, 3, self.components))  # (..., 2, 3, K)
+        log_w = torch.log_softmax(raw[..., 0, :], dim=-1)
+        means = values.float()[..., None] + raw[..., 1, :]
+        scales = F.softplus(raw[..., 2, :]) + MIN_SCALE
+        return log_w, means, scales
+
+    def nll(self, hidden: torch.Tensor, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood (nats) of `targets` (N, 2) under the mixture at each of N positions,
+        summed over the species: (N,)."""
+        log_w, means, scales = self.mixture(hidden, values)
+        z = (targets.float()[..., None] - means) / scales
+        log_p = -0.5 * z * z - scales.log() - 0.5 * math.log(2 * math.pi)  # (N, 2, K)
+        return -torch.logsumexp(log_w + log_p, dim=-1).sum(-1)
+
+    def predict(self, hidden: torch.Tensor, values: torch.Tensor, temperature: float = 0.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """The next step (B, 2) from hidden (B, D) and the present values (B, 2): the mixture's mean
+        when temperature is 0, else a draw (a component by its weight, then its Gaussian with the
+        scale times `temperature`). Scaled values cannot go below 0."""
+        log_w, means, scales = self.mixture(hidden, values)  # (B, 2, K)
+        if temperature <= 0:
+            return (log_w.exp() * means).sum(-1).clamp(min=0)
+        k = torch.multinomial(log_w.exp().flatten(0, 1), 1, generator=generator).view(*log_w.shape[:-1], 1)
+        mean, scale = means.gather(-1, k).squeeze(-1), scales.gather(-1, k).squeeze(-1)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        return (mean + temperature * scale * noise).clamp(min=0)
+
+    def head_flops(self, positions: int, convention: Convention) -> Cost:
+        """The value head and the mixture's likelihood at `positions` positions."""
+        return (linear_flops(self.value_head, positions, convention)
+                + convention.pointwise(positions * SPECIES * self.components, NLL_OPS))
+
+    def flops(self, seq_len: int, convention: Convention | str = "exact", past: int = 0,
+              head_positions: int | None = None) -> Cost:
+        """One series of `seq_len` steps (after `past` cached ones): the input layer, the decoder, and
+        the head on `head_positions` of them (default: all). Batch B costs B times this."""
+        convention = get_convention(convention)
+        positions = seq_len if head_positions is None else head_positions
+        return (linear_flops(self.embed_values, seq_len, convention) + self.model.flops(seq_len, convention, past)
+                + self.head_flops(positions, convention))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_values.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_values.weight.dtype
+
+
+def value_loss(model: QwenForValueForecasting, values: torch.Tensor, labels: torch.Tensor,
+               ignore: int = -100) -> tuple[torch.Tensor, int]:
+    """Mean next-step negative log-likelihood (nats per step, both species) over the positions whose
+    next step is real (labels (B, T) not `ignore`); returns (loss, steps scored). values (B, T, 2)."""
+    hidden = model(values)[:, :-1]  # (B, T-1, D); right padding is never seen by a real step
+    scored = labels[:, 1:] != ignore
+    loss = model.nll(hidden[scored], values[:, :-1][scored], values[:, 1:][scored])
+    return loss.mean(), int(scored.sum())
+
+
+@torch.no_grad()
+def forecast_values(model: QwenForValueForecasting, context: torch.Tensor, horizon: int, temperature: float = 0.0,
+                    generator: torch.Generator | None = None, stats: dict | None = None,
+                    convention: str = "exact") -> torch.Tensor:
+    """Continue each series of `context` (B, C, 2), scaled, by `horizon` steps: (B, horizon, 2).
+
+    One prefill of the C steps, then one forward call per step after the first, each feeding back
+    the step just chosen. `stats`, if given, receives `forward_calls` and `flops` (from the modules'
+    own flops(), under `convention`)."""
+    conv = get_convention(convention)
+    B, C, _ = context.shape
+    cache = KVCache(model.config, B, C + horizon, model.dtype, context.device)
+    last = context[:, -1].float()  # (B, 2)
+    hidden = model(context, cache=cache)[:, -1]
+    calls, spent = 1, B * (linear_flops(model.embed_values, C, conv) + model.model.flops(C, conv)).forward
+    out = []
+    for i in range(horizon):
+        spent += B * model.head_flops(1, conv).forward
+        last = model.predict(hidden, last, temperature, generator)
+        out.append(last)
+        if i + 1 < horizon:
+            past = cache.length
+            hidden = model(last[:, None], cache=cache)[:, -1]
+            calls += 1
+            spent += B * (linear_flops(model.embed_values, 1, conv) + model.model.flops(1, conv, past)).forward
+    if stats is not None:
+        stats["forward_calls"] = stats.get("forward_calls", 0) + calls
+        stats["flops"] = stats.get("flops", 0.0) + spent
+    return torch.stack(out, 1)
