@@ -5,6 +5,7 @@ and the mistakes each refuses."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -295,3 +296,23 @@ def test_planned_costs_of_a_continuous_run_equal_the_run_s(series_file, tmp_path
     assert (step, val) == (t.full_step, t.eval_flops)
     assert sum(p.numel() for p in t.params) > (0 if s.full else sum(
         p.numel() for n, p in t.model.named_parameters() if "lora_" in n))
+
+
+def test_prompt_continuation_reads_a_continuous_and_a_bins_model(tmp_path, capsys):
+    from qwen_min.__main__ import main as qwen_main
+
+    for encoding in ("continuous", "bins"):
+        directory = tmp_path / encoding
+        save_pretrained(load_pretrained("tiny-random", encoding=encoding), directory,
+                        tokenizer=load_tokenizer("tiny-random", encoding))
+        assert qwen_main(["--model", str(directory), "--prompt", "0.25,1.50;0.27,1.47;", "--max-new-tokens", "8",
+                          "--numbers-only"]) == 0
+        text = capsys.readouterr().out.strip()
+        assert text.startswith("0.25,1.50;0.27,1.47;")
+        if encoding == "continuous":  # 8 more steps
+            values, report = decode(text, 1.0, 2)
+            assert report.recovered == 10 and report.skipped == 0
+        else:  # 8 tokens, each a value, ',' or ';' (a random model, no grammar)
+            assert re.fullmatch(r"(\d\.\d\d|[,;]){8}", text[len("0.25,1.50;0.27,1.47;"):])
+    assert qwen_main(["--model", str(tmp_path / "continuous"), "--prompt", "hello"]) == 2
+    assert "holds no time step" in capsys.readouterr().err
