@@ -88,7 +88,8 @@ def labelled_adapters(s: EvalSettings) -> list[tuple[str, Path]]:
     labels = [adapter_label(p) for p in adapters]
     labels = [label if labels.count(label) == 1 else f"model+{p}" for label, p in zip(labels, adapters)]
     for p in adapters:
-        lora.check_adapter(empty_model(load_config(s.model, s.encoding or "digits"), lora.adapter_components(p)), p)
+        lora.check_adapter(empty_model(load_config(s.model, model_encoding(s.model, s.encoding)),
+                                       lora.adapter_components(p)), p)
     return list(zip(labels, adapters))
 
 
@@ -108,7 +109,7 @@ def run_encoding(adapter: Path) -> str | None:
 
 def resolve_encoding(s: EvalSettings, adapters: list[tuple[str, Path]]) -> str:
     """The encoding of the evaluation: --encoding, else what the model directory or the adapters'
-    runs say, else digits. Refuses a model and adapters (or --encoding) that disagree."""
+    runs say, else the preset's default. Refuses a model and adapters (or --encoding) that disagree."""
     said = {f"--encoding {s.encoding}": s.encoding} if s.encoding else {}
     if not is_preset(s.model):
         said[f"--model {s.model}"] = model_encoding(s.model)
@@ -123,7 +124,7 @@ def resolve_encoding(s: EvalSettings, adapters: list[tuple[str, Path]]) -> str:
         return "continuous"
     if len(kinds) > 1:
         raise UsageError("the encodings disagree: " + ", ".join(f"{k} reads {v}" for k, v in said.items()))
-    return kinds.pop() if kinds else "digits"
+    return kinds.pop() if kinds else model_encoding(s.model)  # a preset alone: its default
 
 
 def model_digest(name: str) -> str:

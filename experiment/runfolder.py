@@ -40,7 +40,11 @@ def read_config(out: Path) -> dict:
         raise UsageError(f"{path}: not a run's config.json ({type(e).__name__}: {e})") from None
     if not isinstance(saved, dict):
         raise UsageError(f"{path}: not a run's config.json (expected a JSON object)")
-    return saved
+    return {**BEFORE_ENCODINGS, **saved}
+
+
+# what a run from before --encoding computed: digit text (a continuous run always says so)
+BEFORE_ENCODINGS = {"encoding": "digits", "components": 1}
 
 
 def is_run(out: Path) -> bool:

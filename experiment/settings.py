@@ -24,6 +24,7 @@ from data.baselines import STATISTICAL
 from data.encodings import ENCODINGS
 from flops.ledger import DEFAULT_BUDGET
 from qwen_min import LoadError
+from qwen_min.presets import default_encoding
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_DATA = "data/lotka_volterra_data.h5"
@@ -110,9 +111,10 @@ class CommonTrain(Charged):
     model: str = opt(DEFAULT_MODEL, "hub id, local directory, tiny-random or scratch-1m/5m/20m", defining=True)
     data: str = opt(DEFAULT_DATA, "HDF5 series file (simulated if the default is missing)", defining=True)
     split_seed: int = opt(0, "seed of the 850/150 train/validation split", defining=True)
-    encoding: str = opt("digits", "how a series enters the model: digits (LLMTIME text, a token per character), bins "
-                        "(a token per value, 0.00-9.99) or continuous (a position per time step, a linear input "
-                        "layer and a Gaussian-mixture head)", choices=ENCODINGS, defining=True)
+    encoding: str | None = opt(None, "how a series enters the model: digits (LLMTIME text, a token per character), "
+                               "bins (a token per value, 0.00-9.99) or continuous (a position per time step, a linear "
+                               "input layer and a Gaussian-mixture head) (default: continuous for the scratch-* "
+                               "presets, else digits)", type=str, choices=ENCODINGS, defining=True)
     components: int = opt(1, "Gaussians per species in the continuous head (1: a Gaussian)", defining=True)
     chunk: int | None = opt(None, "positions per training window: tokens, or time steps with --encoding continuous "
                             "(default: 512 tokens, 100 steps)", type=int, defining=True)
@@ -195,6 +197,8 @@ class TrainSettings(CommonTrain):
     def resolved(self) -> "TrainSettings":
         """With the preset defaults, the name and the run directory filled in, and checked."""
         s = self
+        if s.encoding is None:
+            s = dataclasses.replace(s, encoding=default_encoding(s.model))
         if s.scratch and not s.full:
             s = dataclasses.replace(s, full=True)
         if s.fresh_systems is None:
@@ -248,7 +252,8 @@ class EvalSettings(Charged):
                              type=str, flag="append")
     no_base: bool = opt(False, "with --adapter, skip the untuned model (default: off)")
     encoding: str | None = opt(None, "how the model reads a series (default: what the model or the --adapter's run "
-                               "says; digits for a preset)", type=str, choices=ENCODINGS)
+                               "says; for a preset, continuous for scratch-* and digits for tiny-random)", type=str,
+                               choices=ENCODINGS)
     data: str = opt(DEFAULT_DATA, "HDF5 series file (simulated if the default is missing)")
     split: str = opt("validation", "which split's systems (all: every system of the file, e.g. one simulated with a "
                      "seed no training run used)", choices=("validation", "train", "all"))

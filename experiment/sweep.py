@@ -24,8 +24,8 @@ def sweep(a: SweepSettings) -> dict:
     write sweep.md and sweep.json. Returns the sweep's summary."""
     runs = a.runs()
     ledger = Ledger.open(a.ledger, a.budget, a.convention)
-    config = load_config(a.model, a.encoding)
-    val_ids = prepare_data(runs[0], load_tokenizer(a.model, a.encoding)).val_ids
+    config = load_config(a.model, runs[0].encoding)
+    val_ids = prepare_data(runs[0], load_tokenizer(a.model, runs[0].encoding)).val_ids
     todo, need, dearest = [], 0.0, (0.0, 0.0)
     for r in runs:
         if finished(r.out):

@@ -33,6 +33,12 @@ def is_preset(name) -> bool:
     return str(name) in PRESETS
 
 
+def default_encoding(name) -> str:
+    """The encoding a model is trained and read in when none is asked for: continuous for the scratch
+    presets (the lowest forecast error per training FLOP here, see the README), digits for the rest."""
+    return "continuous" if str(name) in SCRATCH else "digits"
+
+
 def check_encoding(encoding: str) -> None:
     if encoding not in ENCODINGS:
         raise LoadError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")

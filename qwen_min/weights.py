@@ -17,7 +17,7 @@ from .continuous import QwenForValueForecasting
 from .errors import LoadError
 from .hub import resolve_dir
 from .model import QwenForCausalLM
-from .presets import is_preset, preset_config, preset_model, preset_tokenizer
+from .presets import default_encoding, is_preset, preset_config, preset_model, preset_tokenizer
 from .tokenizer import Tokenizer, read_tokenizer
 
 SINGLE_FILE = "model.safetensors"
@@ -59,11 +59,11 @@ def device_and_dtype(device: str, dtype: str | None = None) -> tuple[torch.devic
 VALUE_ARCHITECTURE = "QwenForValueForecasting"  # config.json's `architectures` of a continuous model
 
 
-def load_config(name_or_path: str | Path, encoding: str = "digits") -> QwenConfig:
+def load_config(name_or_path: str | Path, encoding: str | None = None) -> QwenConfig:
     """The config alone (no weights read): for FLOPs planning on the meta device. `encoding` picks
-    a preset's vocabulary; a directory's config says its own."""
+    a preset's vocabulary (default: the preset's own); a directory's config says its own."""
     if is_preset(name_or_path):
-        return preset_config(str(name_or_path), encoding)
+        return preset_config(str(name_or_path), encoding or default_encoding(name_or_path))
     return QwenConfig.from_json(resolve_dir(name_or_path) / "config.json")
 
 
@@ -84,19 +84,19 @@ def value_components(name_or_path: str | Path) -> int | None:
 
 def model_encoding(name_or_path: str | Path, encoding: str | None = None) -> str:
     """The encoding a model reads: what its directory says (continuous from config.json, bins from a
-    tokenizer of value tokens, else digits); for a preset, `encoding` (digits when not given)."""
+    tokenizer of value tokens, else digits); for a preset, `encoding` (its default when not given)."""
     if is_preset(name_or_path):
-        return encoding or "digits"
+        return encoding or default_encoding(name_or_path)
     if value_components(name_or_path) is not None:
         return "continuous"
     return "bins" if load_tokenizer(name_or_path).value_words else "digits"
 
 
-def load_tokenizer(name_or_path: str | Path, encoding: str = "digits") -> Tokenizer:
+def load_tokenizer(name_or_path: str | Path, encoding: str | None = None) -> Tokenizer:
     """Qwen's tokenizer from a directory holding tokenizer.json, a hub id, or a preset's tokenizer
-    (in `encoding`)."""
+    (in `encoding`, default the preset's own)."""
     if is_preset(name_or_path):
-        return preset_tokenizer(str(name_or_path), encoding)
+        return preset_tokenizer(str(name_or_path), encoding or default_encoding(name_or_path))
     return read_tokenizer(resolve_dir(name_or_path), str(name_or_path))
 
 
@@ -179,11 +179,11 @@ def load_state(directory: Path, config: QwenConfig, dtype: torch.dtype, device,
 
 
 def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu", encoding: str = "digits",
+                    device: str | torch.device = "cpu", encoding: str | None = None,
                     components: int = 1) -> QwenForCausalLM | QwenForValueForecasting:
     """A Qwen2-architecture model from a local Hugging Face directory, a hub id, or a preset
-    (`tiny-random`, `scratch-1m`, `scratch-5m`, `scratch-20m`: see `presets`; `encoding` and
-    `components` choose a preset's kind, a directory's config.json says its own).
+    (`tiny-random`, `scratch-1m`, `scratch-5m`, `scratch-20m`: see `presets`; `encoding`, default
+    the preset's own, and `components` choose a preset's kind; a directory's config.json says its own).
 
     Built on the meta device, then the checked tensors are assigned: no memory is spent on a random
     initialisation, and any error (missing file, unknown key, wrong shape) is raised before a model
@@ -192,7 +192,8 @@ def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.f
     dtype = parse_dtype(dtype)
     device = parse_device(str(device))  # 'cuda' on a CPU-only torch: one LoadError line, not an AssertionError
     if is_preset(name_or_path):
-        return preset_model(str(name_or_path), encoding=encoding, components=components).to(device=device, dtype=dtype)
+        return preset_model(str(name_or_path), encoding=encoding or default_encoding(name_or_path),
+                            components=components).to(device=device, dtype=dtype)
     directory = resolve_dir(name_or_path)
     config = QwenConfig.from_json(directory / "config.json")
     components = value_components(directory)
