@@ -10,6 +10,7 @@ import torch
 import eval as evaluation
 import train
 from experiment.batches import prepare_data
+from experiment.runfolder import resume_settings
 from experiment.trainer import build_model
 from flops import EXACT, Ledger
 from qwen_min import QwenForValueForecasting, load_pretrained, load_tokenizer
@@ -65,6 +66,12 @@ def test_full_training_on_fresh_systems_then_eval(series_file, tmp_path):
                         for k in (labels[:, 1:] != -100).sum(1).tolist())
     expected += 2 * sum(model.flops(len(v), EXACT, head_positions=len(v) - 1).forward for v in prep.val_ids)
     assert Ledger.open(tmp_path / "ledger.json").total == pytest.approx(expected, rel=1e-12)
+
+    # a run from before --encoding (no encoding in config.json) is a digits run, resumed as one
+    saved = json.loads((out / "config.json").read_text())
+    del saved["encoding"], saved["components"]
+    (out / "config.json").write_text(json.dumps(saved))
+    assert resume_settings(out).resolved().encoding == "digits"
 
     # epochs bring new systems: epoch 1's windows differ from epoch 0's
     assert not torch.equal(prep.windows_of(0)["input_ids"], prep.windows_of(1)["input_ids"])
