@@ -111,17 +111,12 @@ def resolve_encoding(s: EvalSettings, adapters: list[tuple[str, Path]]) -> str:
     """The encoding of the evaluation: --encoding, else what the model directory or the adapters'
     runs say, else the preset's default. Refuses a model and adapters (or --encoding) that disagree."""
     said = {f"--encoding {s.encoding}": s.encoding} if s.encoding else {}
-    if not is_preset(s.model):
-        said[f"--model {s.model}"] = model_encoding(s.model)
-    for _, p in adapters:
-        found = run_encoding(p)
-        if found:
-            said[f"--adapter {p}"] = found
+    by_adapters = {f"--adapter {p}": run_encoding(p) for _, p in adapters}
+    said.update({k: v for k, v in by_adapters.items() if v})
+    model_reads = None if is_preset(s.model) else model_encoding(s.model)
+    if model_reads and not (model_reads == "digits" and "continuous" in said.values()):
+        said[f"--model {s.model}"] = model_reads  # (a language model's decoder may serve under value layers)
     kinds = set(said.values())
-    model_kind = said.get(f"--model {s.model}")
-    if model_kind == "digits" and kinds - {"digits"} == {"continuous"} and all(  # a language model under value layers
-            said[k] == "continuous" for k in said if k.startswith("--adapter")):
-        return "continuous"
     if len(kinds) > 1:
         raise UsageError("the encodings disagree: " + ", ".join(f"{k} reads {v}" for k, v in said.items()))
     return kinds.pop() if kinds else model_encoding(s.model)  # a preset alone: its default
@@ -280,7 +275,8 @@ def load_forecaster(s: EvalSettings, adapter: Path | None, device, dtype):
     components = lora.adapter_components(adapter) if adapter is not None else None
     model = load_pretrained(s.model, dtype=dtype, device=device, encoding=s.encoding, components=components or 1)
     if s.encoding == "continuous" and not isinstance(model, QwenForValueForecasting):
-        model = QwenForValueForecasting.from_decoder(model.model, model.config, components or 1)
+        model = QwenForValueForecasting.from_decoder(model.model, model.config, components or 1,
+                                                     torch.Generator().manual_seed(s.seed))  # seeded: an untuned base
     if adapter is not None:
         lora.load_adapter(model, adapter)
     return model.eval()
