@@ -72,12 +72,13 @@ class QwenForValueForecasting(nn.Module):
     def forward(self, values, attention_mask=None, position_ids=None, cache: KVCache | None = None) -> torch.Tensor:
         """values (B, T, 2) scaled -> final hidden states (B, T, D)."""
         x = self.embed_values(values.to(self.embed_values.weight.dtype))  # (B, T, D)
+        x = x.to(self.dtype)  # fp32 value layers (LoRA) on a bf16 decoder
         return self.model(attention_mask=attention_mask, position_ids=position_ids, cache=cache, inputs_embeds=x)
 
     def mixture(self, hidden: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """hidden (..., D) and the values at the same positions (..., 2) -> log weights, means and
         scales of the next step, each (..., 2, components), in fp32."""
-        raw = self.value_head(hidden).float().unflatten(-1, (SPECIES, 3, self.components))  # (..., 2, 3, K)
+        raw = self.value_head(hidden.to(self.value_head.weight.dtype)).float().unflatten(-1, (SPECIES, 3, self.components))  # (..., 2, 3, K)
         log_w = torch.log_softmax(raw[..., 0, :], dim=-1)
         means = values.float()[..., None] + raw[..., 1, :]
         scales = F.softplus(raw[..., 2, :]) + MIN_SCALE
@@ -127,7 +128,8 @@ class QwenForValueForecasting(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed_values.weight.dtype
+        """The decoder's dtype (the value layers may be fp32 beside a bf16 decoder, as LoRA trains them)."""
+        return self.model.norm.weight.dtype
 
 
 def value_loss(model: QwenForValueForecasting, values: torch.Tensor, labels: torch.Tensor,

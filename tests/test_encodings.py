@@ -316,3 +316,17 @@ def test_prompt_continuation_reads_a_continuous_and_a_bins_model(tmp_path, capsy
             assert re.fullmatch(r"(\d\.\d\d|[,;]){8}", text[len("0.25,1.50;0.27,1.47;"):])
     assert qwen_main(["--model", str(tmp_path / "continuous"), "--prompt", "hello"]) == 2
     assert "holds no time step" in capsys.readouterr().err
+
+
+def test_fp32_value_layers_run_on_a_bf16_decoder():
+    """As LoRA trains them on a bf16 base: the value layers stay fp32, the cache takes the decoder's dtype."""
+    model = load_pretrained("tiny-random", dtype="bf16", encoding="continuous")
+    lora.inject(model, rank=2, verbose=False)
+    model.embed_values.float().requires_grad_(True)
+    model.value_head.float().requires_grad_(True)
+    assert model.dtype == torch.bfloat16
+    out = forecast_values(model, torch.rand(2, 5, 2) * 3, 3)
+    assert out.shape == (2, 3, 2) and torch.isfinite(out).all()
+    loss, _ = value_loss(model, torch.rand(2, 6, 2) * 3, torch.zeros(2, 6, dtype=torch.long))
+    loss.backward()
+    assert model.value_head.weight.grad is not None and model.value_head.weight.grad.dtype == torch.float32
