@@ -33,7 +33,10 @@ def run_parser() -> Parser:
     p = Parser("python train.py", prose(__doc__), examples=[
         "python train.py --model tiny-random --max-steps 300 --eval-every 100 --lr 1e-2 --out runs/tiny",
         "python train.py --resume runs/tiny --max-steps 600     # continue, with more steps",
-        "python train.py --rank 8 --lr 1e-4                      # Qwen2.5-0.5B-Instruct (hub or a local copy)"],
+        "python train.py --rank 8 --lr 1e-4                      # Qwen2.5-0.5B-Instruct (hub or a local copy)",
+        "python train.py --model scratch-1m --flops 3e13 --batch-size 16 --lr 3e-3 --schedule cosine --warmup 30"
+        "   # from scratch, continuous values",
+        "python train.py --model scratch-1m --encoding bins --chunk 400 --stride 400 --flops 1e13   # a token per value"],
         subcommands={"sweep": "the lr x rank grid on one ledger, with its table (sweep.md)",
                       "plan": "the report's whole plan on one budget (the same as reproduce.py)"})
     add_settings(p, TrainSettings)
