@@ -7,17 +7,15 @@
                  linear input layer, and a predictive distribution out (see qwen_min.continuous)
 
 Every encoding sees values divided by the split's alpha (data.text.scale_for), so all three read
-and write the same scaled numbers, below 10.
+and write the same scaled numbers, below 10 (the fresh training systems are clipped there, see
+experiment.batches.fresh_windows, so every value has a bin).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .text import TOP
-
 ENCODINGS = ("digits", "bins", "continuous")
-TOKEN_ENCODINGS = ("digits", "bins")  # those that are text for a tokenizer
 
 
 def bin_words(decimals: int = 2) -> list[str]:
@@ -31,11 +29,6 @@ def bin_width(decimals: int = 2) -> float:
     return 10.0 ** -decimals
 
 
-def within_bins(scaled: np.ndarray, decimals: int = 2) -> np.ndarray:
-    """Scaled values clipped into the bins' range [0, 10 - width], so every value has a token."""
-    return np.clip(scaled, 0.0, 10.0 - bin_width(decimals))
-
-
 def jitter(values: np.ndarray, alpha: float, decimals: int, rng: np.random.Generator) -> np.ndarray:
     """A sample within each value's bin: uniform over the bin's width (in original units: alpha times
     the scaled width) around the bin's value, kept non-negative. For sampled bin forecasts."""
@@ -43,4 +36,4 @@ def jitter(values: np.ndarray, alpha: float, decimals: int, rng: np.random.Gener
     return np.maximum(values + rng.uniform(-half, half, size=values.shape), 0.0)
 
 
-__all__ = ["ENCODINGS", "TOKEN_ENCODINGS", "TOP", "bin_words", "bin_width", "within_bins", "jitter"]
+__all__ = ["ENCODINGS", "bin_words", "bin_width", "jitter"]

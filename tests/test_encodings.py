@@ -17,7 +17,7 @@ import eval as eval_script
 import lora
 import train
 from data import decode, encode, make_windows, scale_for
-from data.encodings import bin_words, jitter, within_bins
+from data.encodings import bin_words, jitter
 from data.windows import make_value_windows
 from experiment.forecast import evaluate
 from experiment.settings import EvalSettings
@@ -60,8 +60,7 @@ def test_bins_are_one_token_per_value_and_round_trip_exactly():
     assert ids[2::4] == [round(v * 100) for v in values[:, 1]]
     back, report = decode(tok.decode(ids), 1.0, 2)
     assert report.recovered == len(values) and np.array_equal(back, values)
-    # the bins' range holds every scaled value, and a sample stays within its bin
-    assert within_bins(np.array([-1.0, 12.0])).tolist() == [0.0, 9.99]
+    # a sample stays within its bin
     drawn = jitter(np.full((1000, 2), 5.0), 2.0, 2, np.random.default_rng(0))  # alpha 2: bins 0.02 wide
     assert np.all(np.abs(drawn - 5.0) <= 0.01) and drawn.std() > 0.004
 
