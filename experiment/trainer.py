@@ -58,7 +58,7 @@ def all_agree(ok: bool, world: int, device) -> bool:
     return bool(flag.item())
 
 
-def check_encoding(s: TrainSettings) -> None:
+def check_model_encoding(s: TrainSettings) -> None:
     """Refuse a model that can't be read in the run's encoding (a directory says its own)."""
     found = model_encoding(s.model, s.encoding)
     if found == s.encoding or (s.encoding == "continuous" and found == "digits"):
@@ -200,7 +200,7 @@ class Trainer:
         self.out = Path(s.out)
         self.continuing = is_run(self.out)
         check_writable(self.out)
-        check_encoding(s)
+        check_model_encoding(s)
         self.tok = load_tokenizer(s.model, s.encoding)
         self.prep = prepare_data(s, self.tok)
         self.data_sha256 = file_digest(s.data)
