@@ -13,15 +13,15 @@ from data.windows import IGNORE
 from flops import Convention, Cost, get_convention
 from qwen_min import QwenConfig, QwenForCausalLM
 from qwen_min.continuous import QwenForValueForecasting
+from qwen_min.weights import empty_model
 
 
 def meta_model(config: QwenConfig | None = None, rank: int = 0, targets=lora.DEFAULT_TARGETS,
                components: int | None = None) -> QwenForCausalLM | QwenForValueForecasting:
     """The full-size model (or `config`) on the meta device, with LoRA injected when rank > 0: no memory.
     With `components`, the continuous model of that many Gaussians per species."""
-    config = config or QwenConfig()
+    model = empty_model(config or QwenConfig(), components)
     with torch.device("meta"):
-        model = QwenForCausalLM(config) if components is None else QwenForValueForecasting(config, components)
         if rank:
             lora.inject(model, rank=rank, targets=targets, verbose=False)
     return model

@@ -14,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from data.files import atomic_write, write_text
+from qwen_min.continuous import SPECIES
 from qwen_min.errors import LoadError
 from qwen_min.weights import save_state
 
@@ -175,9 +176,10 @@ def adapter_components(directory: str | Path) -> int | None:
             width = f.get_slice(key).get_shape()[0] if key in f.keys() else None
     except (SafetensorError, OSError) as e:
         raise LoadError(f"{directory / WEIGHTS_FILE}: not a readable safetensors file ({e})") from None
-    if width is None or width % 6:
-        raise LoadError(f"{directory / WEIGHTS_FILE}: {key} is missing or not 6 x components wide")
-    return width // 6
+    per_component = SPECIES * 3  # a weight, a mean and a scale per species
+    if width is None or width % per_component:
+        raise LoadError(f"{directory / WEIGHTS_FILE}: {key} is missing or not {per_component} x components wide")
+    return width // per_component
 
 
 def expected_shapes(model, rank: int, targets, saved=()) -> dict[str, tuple[int, int]]:

@@ -156,7 +156,7 @@ def forecast_values(model: QwenForValueForecasting, context: torch.Tensor, horiz
     cache = KVCache(model.config, B, C + horizon, model.dtype, context.device)
     last = context[:, -1].float()  # (B, 2)
     hidden = model(context, cache=cache)[:, -1]
-    calls, spent = 1, B * (linear_flops(model.embed_values, C, conv) + model.model.flops(C, conv)).forward
+    calls, spent = 1, B * model.flops(C, conv, head_positions=0).forward  # the head is charged per step below
     out = []
     for i in range(horizon):
         spent += B * model.head_flops(1, conv).forward
@@ -166,7 +166,7 @@ def forecast_values(model: QwenForValueForecasting, context: torch.Tensor, horiz
             past = cache.length
             hidden = model(last[:, None], cache=cache)[:, -1]
             calls += 1
-            spent += B * (linear_flops(model.embed_values, 1, conv) + model.model.flops(1, conv, past)).forward
+            spent += B * model.flops(1, conv, past, head_positions=0).forward
     if stats is not None:
         stats["forward_calls"] = stats.get("forward_calls", 0) + calls
         stats["flops"] = stats.get("flops", 0.0) + spent
