@@ -12,15 +12,17 @@ from data import prompt, step_pattern
 from data.windows import IGNORE
 from flops import Convention, Cost, get_convention
 from qwen_min import QwenConfig, QwenForCausalLM
-from qwen_min.continuous import QwenForValueForecasting
+from qwen_min.continuous import QwenForValueForecasting, ValueSpec
 from qwen_min.weights import empty_model
+
+from .settings import value_spec
 
 
 def meta_model(config: QwenConfig | None = None, rank: int = 0, targets=lora.DEFAULT_TARGETS,
-               components: int | None = None) -> QwenForCausalLM | QwenForValueForecasting:
+               spec: ValueSpec | None = None) -> QwenForCausalLM | QwenForValueForecasting:
     """The full-size model (or `config`) on the meta device, with LoRA injected when rank > 0: no memory.
-    With `components`, the continuous model of that many Gaussians per species."""
-    model = empty_model(config or QwenConfig(), components)
+    With `spec`, the continuous model of that head."""
+    model = empty_model(config or QwenConfig(), spec)
     with torch.device("meta"):
         if rank:
             lora.inject(model, rank=rank, targets=targets, verbose=False)
@@ -70,7 +72,7 @@ def planned_run(s, config: QwenConfig, val_ids: list[list[int]], convention: str
     """(FLOPs of one full step, FLOPs of one validation pass) for a run of settings `s`, planned on
     the meta device."""
     model = meta_model(config, rank=0 if s.full else s.rank, targets=lora.parse_targets(s.targets),
-                       components=s.components if s.encoding == "continuous" else None)
+                       spec=value_spec(s))
     for name in lora.VALUE_LAYERS if s.encoding == "continuous" else ():
         getattr(model, name).requires_grad_(True)
     if s.full:

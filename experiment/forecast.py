@@ -30,7 +30,7 @@ from data.files import atomic_write, file_digest, write_text
 from data.simulate import ensure_data
 from flops import Convention, Ledger, get_convention
 from qwen_min import PRESETS, device_and_dtype, generate, load_config, load_pretrained, load_tokenizer
-from qwen_min.continuous import QwenForValueForecasting, forecast_values
+from qwen_min.continuous import QwenForValueForecasting, ValueSpec, forecast_values
 from qwen_min.hub import resolve_dir
 from qwen_min.presets import is_preset
 from qwen_min.weights import empty_model, model_encoding
@@ -89,7 +89,7 @@ def labelled_adapters(s: EvalSettings) -> list[tuple[str, Path]]:
     labels = [label if labels.count(label) == 1 else f"model+{p}" for label, p in zip(labels, adapters)]
     for p in adapters:
         lora.check_adapter(empty_model(load_config(s.model, model_encoding(s.model, s.encoding)),
-                                       lora.adapter_components(p)), p)
+                                       lora.adapter_spec(p)), p)
     return list(zip(labels, adapters))
 
 
@@ -104,7 +104,7 @@ def run_encoding(adapter: Path) -> str | None:
             saved = None
         if saved:
             return saved
-    return "continuous" if lora.adapter_components(adapter) else None
+    return "continuous" if lora.adapter_spec(adapter) else None
 
 
 def resolve_encoding(s: EvalSettings, adapters: list[tuple[str, Path]]) -> str:
@@ -272,10 +272,10 @@ def forecast_language_models(s: EvalSettings, sel: Selection, adapters: list[tup
 def load_forecaster(s: EvalSettings, adapter: Path | None, device, dtype):
     """The model to forecast with: --model in the evaluation's encoding, with the adapter loaded. A
     language model under a continuous adapter gets the adapter's value layers around its decoder."""
-    components = lora.adapter_components(adapter) if adapter is not None else None
-    model = load_pretrained(s.model, dtype=dtype, device=device, encoding=s.encoding, components=components or 1)
+    spec = (lora.adapter_spec(adapter) if adapter is not None else None) or ValueSpec()
+    model = load_pretrained(s.model, dtype=dtype, device=device, encoding=s.encoding, spec=spec)
     if s.encoding == "continuous" and not isinstance(model, QwenForValueForecasting):
-        model = QwenForValueForecasting.from_decoder(model.model, model.config, components or 1,
+        model = QwenForValueForecasting.from_decoder(model.model, model.config, spec,
                                                      torch.Generator().manual_seed(s.seed))  # seeded: an untuned base
     if adapter is not None:
         lora.load_adapter(model, adapter)

@@ -43,8 +43,9 @@ def read_config(out: Path) -> dict:
     return {**BEFORE_ENCODINGS, **saved}
 
 
-# what a run from before --encoding computed: digit text (a continuous run always says so)
-BEFORE_ENCODINGS = {"encoding": "digits", "components": 1}
+# what a run from before --encoding computed: digit text (a continuous run always says so); a
+# continuous run from before --value-space modelled the values themselves
+BEFORE_ENCODINGS = {"encoding": "digits", "components": 1, "value_space": "linear"}
 
 
 def is_run(out: Path) -> bool:

@@ -24,6 +24,7 @@ from data.baselines import STATISTICAL
 from data.encodings import ENCODINGS
 from flops.ledger import DEFAULT_BUDGET
 from qwen_min import LoadError
+from qwen_min.continuous import VALUE_SPACES, ValueSpec
 from qwen_min.presets import default_encoding
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -50,6 +51,11 @@ def need(ok: bool, message: str) -> None:
 
 def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def value_spec(s) -> ValueSpec | None:
+    """The continuous head that settings `s` ask for; None for a token encoding."""
+    return ValueSpec(s.components, s.value_space) if s.encoding == "continuous" else None
 
 
 def check_encoding(s) -> None:
@@ -116,6 +122,9 @@ class CommonTrain(Charged):
                                "input layer and a Gaussian-mixture head) (default: continuous for the scratch-* "
                                "presets, else digits)", type=str, choices=ENCODINGS, defining=True)
     components: int = opt(1, "Gaussians per species in the continuous head (1: a Gaussian)", defining=True)
+    value_space: str = opt("log", "where the continuous head's Gaussians live: log (of log(value + 0.01), so "
+                           "changes are relative) or linear (of the scaled value)", choices=VALUE_SPACES,
+                           defining=True)
     chunk: int | None = opt(None, "positions per training window: tokens, or time steps with --encoding continuous "
                             "(default: 512 tokens, 100 steps)", type=int, defining=True)
     stride: int | None = opt(None, "positions between window starts (default: 268 per 512 of --chunk, so 268 at the "

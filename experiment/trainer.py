@@ -35,7 +35,7 @@ from .batches import prepare_data
 from .costs import affordable_steps, full_step_cost, step_cost, val_cost
 from .report import plot_losses
 from .runfolder import CHECKPOINT, FolderLock, check_writable, is_run, new_run_id, read_checkpoint, read_config, same_run
-from .settings import RunError, TrainSettings, UsageError, as_config
+from .settings import RunError, TrainSettings, UsageError, as_config, value_spec
 
 
 # --- pieces ----------------------------------------------------------------------------------------
@@ -73,10 +73,10 @@ def build_model(s: TrainSettings, device, dtype, seed: int):
     """The model of a run: every weight trainable with --full, else LoRA (fp32 adapters, seeded).
     With --encoding continuous on a language model, its decoder gets new value layers (seeded),
     which train fully beside the LoRA matrices."""
-    model = load_pretrained(s.model, dtype=dtype, device=device, encoding=s.encoding, components=s.components)
+    model = load_pretrained(s.model, dtype=dtype, device=device, encoding=s.encoding, spec=value_spec(s))
     gen = torch.Generator().manual_seed(seed)
     if s.encoding == "continuous" and not isinstance(model, QwenForValueForecasting):
-        model = QwenForValueForecasting.from_decoder(model.model, model.config, s.components, gen)
+        model = QwenForValueForecasting.from_decoder(model.model, model.config, value_spec(s), gen)
     if s.full:
         for p in model.parameters():
             p.requires_grad_(True)

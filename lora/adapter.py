@@ -1,7 +1,8 @@
 """Adapter files in the PEFT layout (adapter_config.json + adapter_model.safetensors), and merged export.
 
 A continuous model's adapter also holds its new input and output layers in full (`embed_values`,
-`value_head`: PEFT's `modules_to_save`, stored as base_model.model.embed_values.weight and so on).
+`value_head`: PEFT's `modules_to_save`, stored as base_model.model.embed_values.weight and so on), and
+its value space in the safetensors header's metadata (`value_space`, beside PEFT's `format`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from data.files import atomic_write, write_text
-from qwen_min.continuous import SPECIES
+from qwen_min.continuous import SPECIES, VALUE_SPACES, ValueSpec
 from qwen_min.errors import LoadError
 from qwen_min.weights import save_state
 
@@ -58,7 +59,10 @@ def save_adapter(model, directory: str | Path, base_model_name_or_path: str | No
               "use_rslora": False,
               "use_dora": False, "init_lora_weights": True, "layers_to_transform": None, "rank_pattern": {},
               "alpha_pattern": {}}
-    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(adapter_state(model), p, metadata={"format": "pt"}))
+    metadata = {"format": "pt"}
+    if getattr(model, "spec", None) is not None:
+        metadata["value_space"] = model.spec.space
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(adapter_state(model), p, metadata=metadata))
     write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
 
@@ -163,9 +167,10 @@ def check_adapter(model, directory: str | Path) -> tuple[dict, dict[str, str]]:
     return cfg, renamed
 
 
-def adapter_components(directory: str | Path) -> int | None:
-    """The mixture components of the continuous model an adapter was trained on (from its value
-    head's shape), or None for a language model's adapter. The adapter is checked first."""
+def adapter_spec(directory: str | Path) -> ValueSpec | None:
+    """The head of the continuous model an adapter was trained on (components from its value head's
+    shape, the space from the file's metadata; an adapter saved before the space was a choice is
+    linear), or None for a language model's adapter. The adapter is checked first."""
     directory = Path(directory)
     cfg = read_adapter_config(directory)
     if not cfg["modules_to_save"]:
@@ -174,12 +179,15 @@ def adapter_components(directory: str | Path) -> int | None:
     try:
         with safe_open(directory / WEIGHTS_FILE, framework="pt") as f:
             width = f.get_slice(key).get_shape()[0] if key in f.keys() else None
+            space = (f.metadata() or {}).get("value_space", "linear")
     except (SafetensorError, OSError) as e:
         raise LoadError(f"{directory / WEIGHTS_FILE}: not a readable safetensors file ({e})") from None
     per_component = SPECIES * 3  # a weight, a mean and a scale per species
     if width is None or width % per_component:
         raise LoadError(f"{directory / WEIGHTS_FILE}: {key} is missing or not {per_component} x components wide")
-    return width // per_component
+    if space not in VALUE_SPACES:
+        raise LoadError(f"{directory / WEIGHTS_FILE}: value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
+    return ValueSpec(width // per_component, space)
 
 
 def expected_shapes(model, rank: int, targets, saved=()) -> dict[str, tuple[int, int]]:
@@ -224,4 +232,4 @@ def export_merged(model, directory: str | Path, tokenizer) -> Path:
     """A full model directory with the adapter merged and the tokenizer beside it (config.json,
     model.safetensors, tokenizer.json, tokenizer_config.json): what `python -m qwen_min --model`,
     `qwen_min.load_pretrained` and transformers' `AutoModelForCausalLM`/`AutoTokenizer` load."""
-    return save_state(model.config, merged_state(model), directory, tokenizer, getattr(model, "components", None))
+    return save_state(model.config, merged_state(model), directory, tokenizer, getattr(model, "spec", None))

@@ -9,7 +9,7 @@ Imports nothing of the project's other packages but `flops` primitives, `data.fi
 """
 
 from .config import QwenConfig
-from .continuous import QwenForValueForecasting
+from .continuous import QwenForValueForecasting, ValueSpec
 from .errors import LoadError
 from .generate import generate
 from .presets import PRESETS, TINY_RANDOM, preset_model, tiny_random_model
@@ -17,6 +17,6 @@ from .model import KVCache, QwenForCausalLM, init_weights
 from .tokenizer import NUMBER_SYMBOLS, Tokenizer
 from .weights import device_and_dtype, load_config, load_pretrained, load_tokenizer, parse_device, parse_dtype, save_pretrained
 
-__all__ = ["QwenConfig", "QwenForValueForecasting", "LoadError", "generate", "PRESETS", "TINY_RANDOM", "preset_model", "tiny_random_model",
+__all__ = ["QwenConfig", "QwenForValueForecasting", "ValueSpec", "LoadError", "generate", "PRESETS", "TINY_RANDOM", "preset_model", "tiny_random_model",
            "KVCache", "QwenForCausalLM", "init_weights", "NUMBER_SYMBOLS", "device_and_dtype", "Tokenizer", "load_tokenizer", "load_config",
            "load_pretrained", "parse_device", "parse_dtype", "save_pretrained"]

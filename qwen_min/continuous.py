@@ -1,15 +1,19 @@
 """The same decoder on continuous values: one position per time step, a linear input layer in place
 of the token embedding, and a predictive distribution out.
 
-    values (B, T, 2) scaled  --embed_values-->  (B, T, D)  --model-->  (B, T, D)  --value_head-->
-    per species a mixture of `components` Gaussians over the next step's scaled value
+    values (B, T, 2) scaled  --to_space-->  --embed_values-->  (B, T, D)  --model-->  (B, T, D)
+    --value_head-->  per species a mixture of `components` Gaussians over the next step, in the space
 
+The space (`ValueSpec.space`) is where the values enter and the Gaussians live: `log` models
+u = log(value + LOG_OFFSET), so a step's change is relative (predator-prey growth is a rate times the
+population) and a forecast can never go below 0; `linear` models the scaled value itself.
 The (prey, predator) pair at step t enters at position t; position t's head gives the distribution
-of step t+1. Each component's mean is an offset from the value at t (the next step is near the
-present one), its scale is softplus(raw) + MIN_SCALE, its weight a softmax over the components. The
-loss is the negative log-likelihood of the next step, summed over the two species (nats per step).
-One component is a Gaussian per species. Forecasts feed back a sample (or, greedy, the mixture's
-mean) one step at a time, through the KV cache: 20 forward calls for 20 steps.
+of step t+1. Each component's mean is an offset from the present value (in the space: the next step
+is near the present one), its scale is softplus(raw) + MIN_SCALE, its weight a softmax over the
+components. The loss is the negative log-likelihood of the next step's scaled values, summed over the
+two species (nats per step; in log space with the change of variables' term, so both spaces' losses
+are densities over the same values and compare). Forecasts feed back a sample (or, greedy, the
+mixture's mean in the space) one step at a time, through the KV cache: 20 forward calls for 20 steps.
 
 Parameter names: the decoder is `model.*` as in the checkpoint; the new layers are `embed_values.*`
 and `value_head.*`. With a pretrained Qwen (LoRA), `model.embed_tokens` stays loaded and unused.
@@ -18,6 +22,7 @@ and `value_head.*`. With a pretrained Qwen (LoRA), `model.embed_tokens` stays lo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,30 +40,50 @@ MIN_SCALE = 1e-3  # the smallest standard deviation a component may have (scaled
 # density (log, 2 adds, a multiply), the log weight (log-softmax: exp, add, log, subtract), and the
 # logsumexp over components (max, subtract, exp, add, log): counted as 20.
 NLL_OPS = 20
+VALUE_SPACES = ("log", "linear")
+LOG_OFFSET = 0.01  # scaled units, the digit text's resolution: log(0 + LOG_OFFSET) is finite
+# Elementwise FLOPs per value of the log space: at the input, an add and a log; at the head, the
+# present value's add and log again (the means' offset), the target's add and log, and the change of
+# variables' add: 5 (a forecast's draw has the means' 2 and an exp and a subtract back: 4, counted as 5).
+LOG_IN_OPS, LOG_HEAD_OPS = 2, 5
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    """What a continuous model's head is: `components` Gaussians per species over the next step, in
+    `space` ('log': of log(scaled value + LOG_OFFSET); 'linear': of the scaled value)."""
+
+    components: int = 1
+    space: str = "log"
+
+    def __post_init__(self):
+        if not isinstance(self.components, int) or isinstance(self.components, bool) or self.components < 1:
+            raise ValueError(f"components must be a positive integer, got {self.components!r}")
+        if self.space not in VALUE_SPACES:
+            raise ValueError(f"value space must be one of {', '.join(VALUE_SPACES)}, got {self.space!r}")
 
 
 class QwenForValueForecasting(nn.Module):
     """The decoder with `embed_values` (2 -> D) in, and `value_head` (D -> 2 x 3 x components) out."""
 
-    def __init__(self, config: QwenConfig, components: int = 1):
+    def __init__(self, config: QwenConfig, spec: ValueSpec = ValueSpec()):
         super().__init__()
-        if not isinstance(components, int) or components < 1:
-            raise ValueError(f"components must be a positive integer, got {components!r}")
-        self.config, self.components = config, components
+        self.config, self.spec = config, spec
+        self.components = spec.components
         self.model = QwenModel(config)
         self.embed_values = nn.Linear(SPECIES, config.hidden_size)
-        self.value_head = nn.Linear(config.hidden_size, SPECIES * 3 * components)
+        self.value_head = nn.Linear(config.hidden_size, SPECIES * 3 * spec.components)
 
     @classmethod
-    def from_decoder(cls, decoder: QwenModel, config: QwenConfig, components: int = 1,
+    def from_decoder(cls, decoder: QwenModel, config: QwenConfig, spec: ValueSpec = ValueSpec(),
                      generator: torch.Generator | None = None) -> "QwenForValueForecasting":
         """Around a (pretrained) decoder: new input and output layers, initialised at random."""
         with torch.device("meta"):
-            model = cls(config, components)
+            model = cls(config, spec)
         model.model = decoder
         w = decoder.norm.weight
         model.embed_values = nn.Linear(SPECIES, config.hidden_size, device=w.device, dtype=w.dtype)
-        model.value_head = nn.Linear(config.hidden_size, SPECIES * 3 * components, device=w.device, dtype=w.dtype)
+        model.value_head = nn.Linear(config.hidden_size, SPECIES * 3 * spec.components, device=w.device, dtype=w.dtype)
         model.reset_value_layers(generator)
         return model
 
@@ -69,46 +94,60 @@ class QwenForValueForecasting(nn.Module):
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
             layer.bias.zero_()
 
+    def to_space(self, values: torch.Tensor) -> torch.Tensor:
+        """Scaled values -> the space the head models, in fp32 (same shape)."""
+        return (values.float() + LOG_OFFSET).log() if self.spec.space == "log" else values.float()
+
+    def from_space(self, u: torch.Tensor) -> torch.Tensor:
+        """The space -> scaled values, never below 0 (same shape)."""
+        return ((u.exp() - LOG_OFFSET) if self.spec.space == "log" else u).clamp(min=0)
+
     def forward(self, values, attention_mask=None, position_ids=None, cache: KVCache | None = None) -> torch.Tensor:
         """values (B, T, 2) scaled -> final hidden states (B, T, D)."""
-        x = self.embed_values(values.to(self.embed_values.weight.dtype))  # (B, T, D)
+        x = self.embed_values(self.to_space(values).to(self.embed_values.weight.dtype))  # (B, T, D)
         x = x.to(self.dtype)  # fp32 value layers (LoRA) on a bf16 decoder
         return self.model(attention_mask=attention_mask, position_ids=position_ids, cache=cache, inputs_embeds=x)
 
     def mixture(self, hidden: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """hidden (..., D) and the values at the same positions (..., 2) -> log weights, means and
-        scales of the next step, each (..., 2, components), in fp32."""
+        scales of the next step in the space, each (..., 2, components), in fp32."""
         raw = self.value_head(hidden.to(self.value_head.weight.dtype)).float().unflatten(-1, (SPECIES, 3, self.components))  # (..., 2, 3, K)
         log_w = torch.log_softmax(raw[..., 0, :], dim=-1)
-        means = values.float()[..., None] + raw[..., 1, :]
+        means = self.to_space(values)[..., None] + raw[..., 1, :]
         scales = F.softplus(raw[..., 2, :]) + MIN_SCALE
         return log_w, means, scales
 
     def nll(self, hidden: torch.Tensor, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood (nats) of `targets` (N, 2) under the mixture at each of N positions,
-        summed over the species: (N,)."""
+        summed over the species: (N,). In log space the density of u = log(v + LOG_OFFSET) is turned
+        into one of v by the change of variables: -log p(v) = -log p(u) + u."""
         log_w, means, scales = self.mixture(hidden, values)
-        z = (targets.float()[..., None] - means) / scales
+        u = self.to_space(targets)  # (N, 2)
+        z = (u[..., None] - means) / scales
         log_p = -0.5 * z * z - scales.log() - 0.5 * math.log(2 * math.pi)  # (N, 2, K)
-        return -torch.logsumexp(log_w + log_p, dim=-1).sum(-1)
+        nll = -torch.logsumexp(log_w + log_p, dim=-1).sum(-1)
+        return nll + u.sum(-1) if self.spec.space == "log" else nll
 
     def predict(self, hidden: torch.Tensor, values: torch.Tensor, temperature: float = 0.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """The next step (B, 2) from hidden (B, D) and the present values (B, 2): the mixture's mean
-        when temperature is 0, else a draw (a component by its weight, then its Gaussian with the
-        scale times `temperature`). Scaled values cannot go below 0."""
+        in the space when temperature is 0 (in log space a median, not a mean, of the values), else a
+        draw (a component by its weight, then its Gaussian with the scale times `temperature`).
+        Scaled values cannot go below 0."""
         log_w, means, scales = self.mixture(hidden, values)  # (B, 2, K)
         if temperature <= 0:
-            return (log_w.exp() * means).sum(-1).clamp(min=0)
+            return self.from_space((log_w.exp() * means).sum(-1))
         k = torch.multinomial(log_w.exp().flatten(0, 1), 1, generator=generator).view(*log_w.shape[:-1], 1)
         mean, scale = means.gather(-1, k).squeeze(-1), scales.gather(-1, k).squeeze(-1)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device)
-        return (mean + temperature * scale * noise).clamp(min=0)
+        return self.from_space(mean + temperature * scale * noise)
 
     def head_flops(self, positions: int, convention: Convention) -> Cost:
         """The value head and the mixture's likelihood at `positions` positions."""
+        log_ops = LOG_HEAD_OPS if self.spec.space == "log" else 0
         return (linear_flops(self.value_head, positions, convention)
-                + convention.pointwise(positions * SPECIES * self.components, NLL_OPS))
+                + convention.pointwise(positions * SPECIES * self.components, NLL_OPS)
+                + convention.pointwise(positions * SPECIES, log_ops))
 
     def flops(self, seq_len: int, convention: Convention | str = "exact", past: int = 0,
               head_positions: int | None = None) -> Cost:
@@ -116,8 +155,9 @@ class QwenForValueForecasting(nn.Module):
         the head on `head_positions` of them (default: all). Batch B costs B times this."""
         convention = get_convention(convention)
         positions = seq_len if head_positions is None else head_positions
-        return (linear_flops(self.embed_values, seq_len, convention) + self.model.flops(seq_len, convention, past)
-                + self.head_flops(positions, convention))
+        log_ops = LOG_IN_OPS if self.spec.space == "log" else 0
+        return (convention.pointwise(seq_len * SPECIES, log_ops) + linear_flops(self.embed_values, seq_len, convention)
+                + self.model.flops(seq_len, convention, past) + self.head_flops(positions, convention))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -13,7 +13,7 @@ from __future__ import annotations
 from data.encodings import ENCODINGS
 
 from .config import QwenConfig
-from .continuous import QwenForValueForecasting
+from .continuous import QwenForValueForecasting, ValueSpec
 from .errors import LoadError
 from .model import QwenForCausalLM, init_weights
 from .tokenizer import Tokenizer, bins_tokenizer, number_tokenizer, tiny_tokenizer
@@ -65,11 +65,11 @@ def preset_config(name: str, encoding: str = "digits") -> QwenConfig:
 
 
 def preset_model(name: str, seed: int = 0, encoding: str = "digits",
-                 components: int = 1) -> QwenForCausalLM | QwenForValueForecasting:
+                 spec: ValueSpec | None = None) -> QwenForCausalLM | QwenForValueForecasting:
     """The preset's network in `encoding` with fixed random weights (normal(0, 0.02) matrices);
-    `components`: Gaussians per species of a continuous model's head."""
+    `spec`: a continuous model's head (default `ValueSpec()`)."""
     config = preset_config(name, encoding)
-    model = QwenForValueForecasting(config, components) if encoding == "continuous" else QwenForCausalLM(config)
+    model = QwenForValueForecasting(config, spec or ValueSpec()) if encoding == "continuous" else QwenForCausalLM(config)
     return init_weights(model, seed=seed).eval()
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from data.files import atomic_write, write_text
 
 from .config import QwenConfig
-from .continuous import QwenForValueForecasting
+from .continuous import VALUE_SPACES, QwenForValueForecasting, ValueSpec
 from .errors import LoadError
 from .hub import resolve_dir
 from .model import QwenForCausalLM
@@ -67,8 +67,9 @@ def load_config(name_or_path: str | Path, encoding: str | None = None) -> QwenCo
     return QwenConfig.from_json(resolve_dir(name_or_path) / "config.json")
 
 
-def value_components(name_or_path: str | Path) -> int | None:
-    """The mixture components of a continuous model saved in a directory, None for a language model
+def value_spec(name_or_path: str | Path) -> ValueSpec | None:
+    """The head of a continuous model saved in a directory (config.json's value_components and
+    value_space; a model saved before the space was a choice is linear), None for a language model
     (or a preset, which is continuous only when asked for)."""
     if is_preset(name_or_path):
         return None
@@ -79,7 +80,10 @@ def value_components(name_or_path: str | Path) -> int | None:
     k = raw.get("value_components")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise LoadError(f"{path}: value_components must be a positive integer, got {k!r}")
-    return k
+    space = raw.get("value_space", "linear")
+    if space not in VALUE_SPACES:
+        raise LoadError(f"{path}: value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
+    return ValueSpec(k, space)
 
 
 def model_encoding(name_or_path: str | Path, encoding: str | None = None) -> str:
@@ -87,7 +91,7 @@ def model_encoding(name_or_path: str | Path, encoding: str | None = None) -> str
     tokenizer of value tokens, else digits); for a preset, `encoding` (its default when not given)."""
     if is_preset(name_or_path):
         return encoding or default_encoding(name_or_path)
-    if value_components(name_or_path) is not None:
+    if value_spec(name_or_path) is not None:
         return "continuous"
     return "bins" if load_tokenizer(name_or_path).value_words else "digits"
 
@@ -100,16 +104,15 @@ def load_tokenizer(name_or_path: str | Path, encoding: str | None = None) -> Tok
     return read_tokenizer(resolve_dir(name_or_path), str(name_or_path))
 
 
-def empty_model(config: QwenConfig, components: int | None = None):
-    """The network of `config` on the meta device: a language model, or with `components` a
-    continuous one."""
+def empty_model(config: QwenConfig, spec: ValueSpec | None = None):
+    """The network of `config` on the meta device: a language model, or with `spec` a continuous one."""
     with torch.device("meta"):
-        return QwenForCausalLM(config) if components is None else QwenForValueForecasting(config, components)
+        return QwenForCausalLM(config) if spec is None else QwenForValueForecasting(config, spec)
 
 
-def expected_shapes(config: QwenConfig, components: int | None = None) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: QwenConfig, spec: ValueSpec | None = None) -> dict[str, tuple[int, ...]]:
     """Checkpoint key -> shape, built on the meta device (no memory)."""
-    return {k: tuple(v.shape) for k, v in empty_model(config, components).state_dict().items()}
+    return {k: tuple(v.shape) for k, v in empty_model(config, spec).state_dict().items()}
 
 
 def _checkpoint_files(directory: Path) -> dict[str, Path]:
@@ -153,11 +156,11 @@ def _shape_of(path: Path, key: str) -> tuple[int, ...]:
 
 
 def load_state(directory: Path, config: QwenConfig, dtype: torch.dtype, device,
-               components: int | None = None) -> dict[str, torch.Tensor]:
+               spec: ValueSpec | None = None) -> dict[str, torch.Tensor]:
     """Read every checkpoint tensor after checking keys and shapes, so a bad file never half-loads."""
-    expected = expected_shapes(config, components)
+    expected = expected_shapes(config, spec)
     where = _checkpoint_files(directory)
-    optional = {"lm_head.weight"} if config.tie_word_embeddings and components is None else set()
+    optional = {"lm_head.weight"} if config.tie_word_embeddings and spec is None else set()
     for key, path in sorted(where.items()):
         if key not in expected:
             raise LoadError(f"{path}: unknown key {key} (not a parameter of this Qwen2 config)")
@@ -180,10 +183,11 @@ def load_state(directory: Path, config: QwenConfig, dtype: torch.dtype, device,
 
 def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.float32,
                     device: str | torch.device = "cpu", encoding: str | None = None,
-                    components: int = 1) -> QwenForCausalLM | QwenForValueForecasting:
+                    spec: ValueSpec | None = None) -> QwenForCausalLM | QwenForValueForecasting:
     """A Qwen2-architecture model from a local Hugging Face directory, a hub id, or a preset
     (`tiny-random`, `scratch-1m`, `scratch-5m`, `scratch-20m`: see `presets`; `encoding`, default
-    the preset's own, and `components` choose a preset's kind; a directory's config.json says its own).
+    the preset's own, and `spec` (a continuous head) choose a preset's kind; a directory's config.json
+    says its own).
 
     Built on the meta device, then the checked tensors are assigned: no memory is spent on a random
     initialisation, and any error (missing file, unknown key, wrong shape) is raised before a model
@@ -193,36 +197,35 @@ def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.f
     device = parse_device(str(device))  # 'cuda' on a CPU-only torch: one LoadError line, not an AssertionError
     if is_preset(name_or_path):
         return preset_model(str(name_or_path), encoding=encoding or default_encoding(name_or_path),
-                            components=components).to(device=device, dtype=dtype)
+                            spec=spec).to(device=device, dtype=dtype)
     directory = resolve_dir(name_or_path)
     config = QwenConfig.from_json(directory / "config.json")
-    components = value_components(directory)
-    state = load_state(directory, config, dtype, device, components)
-    model = empty_model(config, components)
-    model.load_state_dict(state, strict=components is not None or not config.tie_word_embeddings, assign=True)
-    if components is None:
+    spec = value_spec(directory)
+    state = load_state(directory, config, dtype, device, spec)
+    model = empty_model(config, spec)
+    model.load_state_dict(state, strict=spec is not None or not config.tie_word_embeddings, assign=True)
+    if spec is None:
         model.tie_weights()
     return model.eval()
 
 
 def save_pretrained(model: QwenForCausalLM | QwenForValueForecasting, directory: str | Path, tokenizer=None) -> Path:
     """Write config.json and model.safetensors (the tied head left out, as in the official file)."""
-    components = getattr(model, "components", None)
-    return save_state(model.config, model.state_dict(), directory, tokenizer, components)
+    return save_state(model.config, model.state_dict(), directory, tokenizer, getattr(model, "spec", None))
 
 
 def save_state(config: QwenConfig, state: dict[str, torch.Tensor], directory: str | Path, tokenizer=None,
-               components: int | None = None) -> Path:
+               spec: ValueSpec | None = None) -> Path:
     """Write a checkpoint-keyed state dict in the Hugging Face layout; each file replaced atomically.
-    With `components`, a continuous model: config.json says so (architectures, value_components)."""
+    With `spec`, a continuous model: config.json says so (architectures, value_components, value_space)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    if config.tie_word_embeddings and components is None:
+    if config.tie_word_embeddings and spec is None:
         state.pop("lm_head.weight", None)
     hf_config = config.to_hf_dict()
-    if components is not None:
-        hf_config.update(architectures=[VALUE_ARCHITECTURE], value_components=components)
+    if spec is not None:
+        hf_config.update(architectures=[VALUE_ARCHITECTURE], value_components=spec.components, value_space=spec.space)
     hf_config["torch_dtype"] = str(state["model.embed_tokens.weight"].dtype).removeprefix("torch.")
     atomic_write(directory / SINGLE_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
     write_text(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 import eval as eval_script
@@ -20,10 +21,11 @@ from data import decode, encode, make_windows, scale_for
 from data.encodings import bin_words, jitter
 from data.windows import make_value_windows
 from experiment.forecast import evaluate
+from experiment.runfolder import resume_settings
 from experiment.settings import EvalSettings
 from flops import EXACT, Ledger
-from qwen_min import load_pretrained, save_pretrained
-from qwen_min.continuous import QwenForValueForecasting, forecast_values, value_loss
+from qwen_min import LoadError, load_pretrained, save_pretrained
+from qwen_min.continuous import LOG_IN_OPS, LOG_OFFSET, QwenForValueForecasting, ValueSpec, forecast_values, value_loss
 from qwen_min.tokenizer import bins_tokenizer, number_tokenizer
 from qwen_min.weights import load_tokenizer, model_encoding
 
@@ -83,9 +85,9 @@ def counted(fn) -> int:
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize("components", [1, 3])
-def test_continuous_linear_flops_equal_flop_counter(components):
-    model = load_pretrained("tiny-random", encoding="continuous", components=components)
+@pytest.mark.parametrize("spec", [ValueSpec(1, "log"), ValueSpec(3, "linear")])
+def test_continuous_linear_flops_equal_flop_counter(spec):
+    model = load_pretrained("tiny-random", encoding="continuous", spec=spec)
     values = torch.rand(1, 13, 2) * 9
     want = counted(lambda: model.value_head(model(values)))
     assert model.flops(13, EXACT).matmul == want
@@ -98,21 +100,25 @@ def test_continuous_linear_flops_equal_flop_counter(components):
     assert model.flops(13, EXACT, head_positions=12).matmul == want - one_head
 
 
-def test_continuous_forecast_charges_its_own_flops_per_call():
-    model = load_pretrained("tiny-random", encoding="continuous")
+@pytest.mark.parametrize("space", ["log", "linear"])
+def test_continuous_forecast_charges_its_own_flops_per_call(space):
+    model = load_pretrained("tiny-random", encoding="continuous", spec=ValueSpec(1, space))
     context = torch.rand(2, 9, 2) * 5
     stats = {}
     out = forecast_values(model, context, 4, stats=stats)
     assert out.shape == (2, 4, 2) and stats["forward_calls"] == 4
     body = lambda n, past: model.model.flops(n, EXACT, past).forward  # noqa: E731
-    embed = lambda n: 2 * n * 2 * 64 + n * 64  # noqa: E731  (2 inputs -> 64 wide, and the bias)
+    to_log = LOG_IN_OPS * 2 if space == "log" else 0  # an add and a log per value
+    embed = lambda n: 2 * n * 2 * 64 + n * 64 + n * to_log  # noqa: E731  (2 inputs -> 64 wide, and the bias)
     head = 4 * model.head_flops(1, EXACT).forward
     want = 2 * (body(9, 0) + embed(9) + sum(body(1, 9 + i) + embed(1) for i in range(3)) + head)
     assert stats["flops"] == pytest.approx(want, rel=1e-12)
 
 
-def test_continuous_loss_is_the_mixture_likelihood():
-    model = load_pretrained("tiny-random", encoding="continuous", components=2)
+@pytest.mark.parametrize("space", ["log", "linear"])
+def test_continuous_loss_is_the_mixture_likelihood(space):
+    """Nats per step of the scaled values in both spaces: in log space, torch's own change of variables."""
+    model = load_pretrained("tiny-random", encoding="continuous", spec=ValueSpec(2, space))
     values = torch.rand(2, 7, 2) * 5
     labels = torch.zeros(2, 7, dtype=torch.long)
     labels[1, 5:] = -100  # the last two steps of row 1 are padding: row 1 scores steps 1-4
@@ -122,9 +128,32 @@ def test_continuous_loss_is_the_mixture_likelihood():
     log_w, means, scales = model.mixture(hidden[:, :-1], values[:, :-1])
     dist = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=log_w),
                                                  torch.distributions.Normal(means, scales))
+    if space == "log":  # v = exp(u) - LOG_OFFSET
+        dist = torch.distributions.TransformedDistribution(dist, [torch.distributions.ExpTransform(),
+                                                                  torch.distributions.AffineTransform(-LOG_OFFSET, 1.0)])
     nll = -dist.log_prob(values[:, 1:]).sum(-1)  # (2, 6)
     want = torch.cat([nll[0], nll[1, :4]]).mean()
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_value_space_is_saved_and_a_model_from_before_it_reads_as_linear(tmp_path):
+    model = load_pretrained("tiny-random", encoding="continuous")
+    v = torch.tensor([0.0, 0.004, 1.23, 9.99])
+    assert torch.allclose(model.from_space(model.to_space(v)), v, atol=1e-6)
+    assert model.to_space(v)[0] == pytest.approx(np.log(LOG_OFFSET))  # 0 is finite in log space
+    assert (model.from_space(torch.tensor([-30.0, 2.0])) >= 0).all()  # never below 0
+    directory = tmp_path / "model"
+    save_pretrained(model, directory)
+    cfg = json.loads((directory / "config.json").read_text())
+    assert (cfg["value_components"], cfg["value_space"]) == (1, "log")
+    assert load_pretrained(directory).spec == ValueSpec(1, "log")
+    del cfg["value_space"]
+    (directory / "config.json").write_text(json.dumps(cfg))
+    assert load_pretrained(directory).spec == ValueSpec(1, "linear")
+    cfg["value_space"] = "cubic"
+    (directory / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LoadError, match=r"config\.json: value_space must be one of log, linear, got 'cubic'"):
+        load_pretrained(directory)
 
 
 # --- forecasts of each encoding on the tiny preset ------------------------------------------------
@@ -181,6 +210,10 @@ def test_continuous_run_learns_and_resume_equals_uninterrupted(series_file, tmp_
     assert vals[-1] < vals[0] - 0.5  # nats per step: it learns
     config = json.loads((whole / "run/config.json").read_text())
     assert config["encoding"] == "continuous" and model_encoding(whole / "run/model_best") == "continuous"
+    assert config["value_space"] == "log"  # the default
+    del config["value_space"]  # a run from before the space was a choice modelled the values themselves
+    (cut / "run/config.json").write_text(json.dumps(config))
+    assert resume_settings(cut / "run").value_space == "linear"
     # the model directory loads as the continuous model it is, and eval.py reads its encoding from it
     model = load_pretrained(whole / "run/model_best")
     assert isinstance(model, QwenForValueForecasting)
@@ -216,15 +249,20 @@ def test_continuous_lora_on_a_language_model_saves_and_loads_value_layers(series
     assert cfg["modules_to_save"] == list(lora.VALUE_LAYERS) and cfg["r"] == 2
     saved = load_file(out / "adapter_last/adapter_model.safetensors")
     assert {"base_model.model.embed_values.weight", "base_model.model.value_head.bias"} <= set(saved)
-    assert lora.adapter_components(out / "adapter_last") == 1
+    assert lora.adapter_spec(out / "adapter_last") == ValueSpec(1, "log")
     trained = json.loads((out / "config.json").read_text())["trainable_parameters"]
     lora_only = sum(v.numel() for k, v in saved.items() if "lora_" in k)
     assert trained == sum(v.numel() for v in saved.values()) > lora_only
     # loads onto the language model wrapped as a continuous one, with the trained values
     base = load_pretrained(directory)
-    model = QwenForValueForecasting.from_decoder(base.model, base.config, 1)
+    model = QwenForValueForecasting.from_decoder(base.model, base.config, ValueSpec(1, "log"))
     lora.load_adapter(model, out / "adapter_last")
     assert torch.equal(model.value_head.bias, saved["base_model.model.value_head.bias"])
+    # an adapter saved before the space was a choice (no value_space in the file's metadata) is linear
+    old = tmp_path / "old_adapter"
+    shutil.copytree(out / "adapter_last", old)
+    save_file(saved, old / "adapter_model.safetensors", metadata={"format": "pt"})
+    assert lora.adapter_spec(old) == ValueSpec(1, "linear")
     # and not onto the bare language model
     with pytest.raises(lora.adapter.LoadError, match="layer of a continuous model"):
         lora.load_adapter(load_pretrained(directory), out / "adapter_last")
@@ -239,6 +277,7 @@ def test_continuous_lora_on_a_language_model_saves_and_loads_value_layers(series
 @pytest.mark.parametrize("extra,message", [
     (["--encoding", "bins", "--decimals", "3"], "--encoding bins: the value vocabulary is 0.00 to 9.99, so --decimals must be 2"),
     (["--encoding", "continuous", "--components", "0"], "--components must be at least 1, got 0"),
+    (["--encoding", "continuous", "--value-space", "cubic"], "--value-space: invalid choice: 'cubic'"),
     (["--encoding", "cubes"], "--encoding: invalid choice: 'cubes'"),
 ])
 def test_bad_encoding_settings_are_one_line(series_file, tmp_path, capsys, extra, message):

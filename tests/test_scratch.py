@@ -69,7 +69,7 @@ def test_full_training_on_fresh_systems_then_eval(series_file, tmp_path):
 
     # a run from before --encoding (no encoding in config.json) is a digits run, resumed as one
     saved = json.loads((out / "config.json").read_text())
-    del saved["encoding"], saved["components"]
+    del saved["encoding"], saved["components"], saved["value_space"]
     (out / "config.json").write_text(json.dumps(saved))
     assert resume_settings(out).resolved().encoding == "digits"
 
