@@ -89,11 +89,13 @@ def generation_bound(model, tok, values, s, alpha: float, convention: Convention
     """An upper bound of one model's generation FLOPs for evaluation settings `s` on `values`
     (systems, points, 2): every prompt and forecast position through the body, and the head (full
     vocabulary, or the value head) at every generated position, for every context and sample.
-    `step_positions`: tokens per time step (default: the digit text's); a continuous model has one."""
+    `step_positions`: tokens per time step (default: the digit text's); a continuous model has one,
+    and computes each series' longest context once for all its contexts and samples."""
     total = 0.0
     if encoding == "continuous":
-        return sum(model.flops(ctx + s.horizon, convention, head_positions=s.horizon).forward
-                   for ctx in s.contexts) * s.samples * len(values)
+        prefill = model.flops(max(s.contexts), convention, head_positions=0).forward
+        steps = sum(model.flops(s.horizon, convention, past=ctx, head_positions=s.horizon).forward for ctx in s.contexts)
+        return (prefill + steps * s.samples) * len(values)
     generated = s.horizon * (step_positions or len(step_pattern(s.decimals)))
     for ctx in s.contexts:
         for v in values:

@@ -212,19 +212,20 @@ def grammar_text(s: EvalSettings) -> str:
 
 def forecast_values_of(model, values: np.ndarray, s: EvalSettings, alpha: float, convention: Convention,
                        bar=None, charge=None) -> tuple[dict, dict, float]:
-    """A continuous model's forecasts, as `forecast_model` returns them: each context of each batch
-    of systems is one prefill of the scaled values, then a step at a time (a sample, or the mean
-    when greedy); nothing can fail to parse."""
+    """A continuous model's forecasts, as `forecast_model` returns them: each batch of systems is
+    one prefill of its longest context's scaled values, shared by every context and sample, then a
+    step at a time (a sample, or the mean when greedy); nothing can fail to parse."""
     gen = torch.Generator().manual_seed(s.seed)
     preds = {ctx: [] for ctx in s.contexts}
     spent = 0.0
     for start in range(0, len(values), s.batch_size):
         batch = values[start:start + s.batch_size]
         stats = {}
-        for ctx in s.contexts:
-            context = torch.as_tensor(batch[:, :ctx] / alpha, dtype=torch.float32).repeat_interleave(s.samples, 0)
-            out = forecast_values(model, context.to(model.device), s.horizon, s.temperature, gen, stats, convention.name)
-            preds[ctx].append(out.cpu().double().numpy().reshape(len(batch), s.samples, s.horizon, 2) * alpha)
+        series = torch.as_tensor(batch[:, :max(s.contexts)] / alpha, dtype=torch.float32).to(model.device)
+        outs = forecast_values(model, series, s.horizon, s.contexts, s.samples, s.temperature, gen, stats,
+                               convention.name)
+        for ctx, out in zip(s.contexts, outs):
+            preds[ctx].append(out.cpu().double().numpy() * alpha)
         spent += stats["flops"]
         if charge is not None:
             charge(start, start + len(batch), stats["flops"])

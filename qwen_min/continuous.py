@@ -14,6 +14,7 @@ components. The loss is the negative log-likelihood of the next step's scaled va
 two species (nats per step; in log space with the change of variables' term, so both spaces' losses
 are densities over the same values and compare). Forecasts feed back a sample (or, greedy, the
 mixture's mean in the space) one step at a time, through the KV cache: 20 forward calls for 20 steps.
+The context is computed once per series, for all its samples and shorter contexts.
 
 Parameter names: the decoder is `model.*` as in the checkpoint; the new layers are `embed_values.*`
 and `value_head.*`. With a pretrained Qwen (LoRA), `model.embed_tokens` stays loaded and unused.
@@ -183,31 +184,44 @@ def value_loss(model: QwenForValueForecasting, values: torch.Tensor, labels: tor
 
 
 @torch.no_grad()
-def forecast_values(model: QwenForValueForecasting, context: torch.Tensor, horizon: int, temperature: float = 0.0,
-                    generator: torch.Generator | None = None, stats: dict | None = None,
-                    convention: str = "exact") -> torch.Tensor:
-    """Continue each series of `context` (B, C, 2), scaled, by `horizon` steps: (B, horizon, 2).
+def forecast_values(model: QwenForValueForecasting, series: torch.Tensor, horizon: int, contexts=None,
+                    samples: int = 1, temperature: float = 0.0, generator: torch.Generator | None = None,
+                    stats: dict | None = None, convention: str = "exact") -> list[torch.Tensor]:
+    """Continue each of `series` (B, T, 2), scaled, from each of `contexts` (its first steps, default
+    all T) by `horizon` steps, `samples` times: a list over `contexts` of (B, samples, horizon, 2).
 
-    One prefill of the C steps, then one forward call per step after the first, each feeding back
-    the step just chosen. `stats`, if given, receives `forward_calls` and `flops` (from the modules'
-    own flops(), under `convention`)."""
+    One prefill of the longest context per series: a shorter context's keys, values and last hidden
+    state are its first positions (causal attention gives the same), and every sample starts from
+    them. Then, per context, one forward call per step after the first for all B x samples rows,
+    each feeding back the step just chosen. `stats`, if given, receives `forward_calls` and `flops`
+    (from the modules' own flops(), under `convention`)."""
     conv = get_convention(convention)
-    B, C, _ = context.shape
-    cache = KVCache(model.config, B, C + horizon, model.dtype, context.device)
-    last = context[:, -1].float()  # (B, 2)
-    hidden = model(context, cache=cache)[:, -1]
+    B, T, _ = series.shape
+    contexts = [T] if contexts is None else [int(c) for c in contexts]
+    if not contexts or min(contexts) < 1 or max(contexts) > T or samples < 1:
+        raise ValueError(f"contexts must be 1 to {T} steps and samples at least 1, got {contexts} and {samples}")
+    C = max(contexts)
+    prefill = KVCache(model.config, B, C, model.dtype, series.device)
+    states = model(series[:, :C], cache=prefill)  # (B, C, D)
     calls, spent = 1, B * model.flops(C, conv, head_positions=0).forward  # the head is charged per step below
-    out = []
-    for i in range(horizon):
-        spent += B * model.head_flops(1, conv).forward
-        last = model.predict(hidden, last, temperature, generator)
-        out.append(last)
-        if i + 1 < horizon:
-            past = cache.length
-            hidden = model(last[:, None], cache=cache)[:, -1]
-            calls += 1
-            spent += B * model.flops(1, conv, past, head_positions=0).forward
+    rows = B * samples
+    forecasts = []
+    for c in contexts:
+        cache = prefill.repeated(samples, c, c + horizon)
+        hidden = states[:, c - 1].repeat_interleave(samples, 0)  # (rows, D)
+        last = series[:, c - 1].float().repeat_interleave(samples, 0)  # (rows, 2)
+        out = []
+        for i in range(horizon):
+            spent += rows * model.head_flops(1, conv).forward
+            last = model.predict(hidden, last, temperature, generator)
+            out.append(last)
+            if i + 1 < horizon:
+                past = cache.length
+                hidden = model(last[:, None], cache=cache)[:, -1]
+                calls += 1
+                spent += rows * model.flops(1, conv, past, head_positions=0).forward
+        forecasts.append(torch.stack(out, 1).view(B, samples, horizon, 2))
     if stats is not None:
         stats["forward_calls"] = stats.get("forward_calls", 0) + calls
         stats["flops"] = stats.get("flops", 0.0) + spent
-    return torch.stack(out, 1)
+    return forecasts

@@ -89,6 +89,20 @@ class KVCache:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def repeated(self, times: int, length: int, max_len: int) -> "KVCache":
+        """A new cache holding this one's first `length` positions with each row repeated `times`
+        times in a row (row b becomes rows b*times to b*times + times-1), room for `max_len`."""
+        layers, batch, heads, _, dim = self.k.shape
+        out = KVCache.__new__(KVCache)
+        out.k = self.k.new_zeros((layers, batch * times, heads, max_len, dim))
+        out.v = torch.zeros_like(out.k)
+        out.k[:, :, :, :length] = self.k[:, :, :, :length].repeat_interleave(times, 1)
+        out.v[:, :, :, :length] = self.v[:, :, :, :length].repeat_interleave(times, 1)
+        out.valid = self.valid.new_zeros((batch * times, max_len))
+        out.valid[:, :length] = self.valid[:, :length].repeat_interleave(times, 0)
+        out.length, out.max_len = length, max_len
+        return out
+
 
 class Attention(nn.Module):
     """Grouped-query attention: H query heads share K key/value heads (14 and 2 at full size)."""

@@ -20,6 +20,7 @@ import train
 from data import decode, encode, make_windows, scale_for
 from data.encodings import bin_words, jitter
 from data.windows import make_value_windows
+from experiment.costs import generation_bound
 from experiment.forecast import evaluate
 from experiment.runfolder import resume_settings
 from experiment.settings import EvalSettings
@@ -102,17 +103,36 @@ def test_continuous_linear_flops_equal_flop_counter(spec):
 
 @pytest.mark.parametrize("space", ["log", "linear"])
 def test_continuous_forecast_charges_its_own_flops_per_call(space):
+    """Two series, contexts of 5 and 9 steps, 3 samples each: one prefill of 9 steps per series,
+    then 3 forward calls per context for all 6 rows."""
     model = load_pretrained("tiny-random", encoding="continuous", spec=ValueSpec(1, space))
-    context = torch.rand(2, 9, 2) * 5
+    series = torch.rand(2, 9, 2) * 5
     stats = {}
-    out = forecast_values(model, context, 4, stats=stats)
-    assert out.shape == (2, 4, 2) and stats["forward_calls"] == 4
+    outs = forecast_values(model, series, 4, contexts=[5, 9], samples=3, temperature=1.0, stats=stats)
+    assert [o.shape for o in outs] == [(2, 3, 4, 2)] * 2 and stats["forward_calls"] == 1 + 2 * 3
     body = lambda n, past: model.model.flops(n, EXACT, past).forward  # noqa: E731
     to_log = LOG_IN_OPS * 2 if space == "log" else 0  # an add and a log per value
     embed = lambda n: 2 * n * 2 * 64 + n * 64 + n * to_log  # noqa: E731  (2 inputs -> 64 wide, and the bias)
     head = 4 * model.head_flops(1, EXACT).forward
-    want = 2 * (body(9, 0) + embed(9) + sum(body(1, 9 + i) + embed(1) for i in range(3)) + head)
+    want = 2 * (body(9, 0) + embed(9)) + sum(6 * (sum(body(1, c + i) + embed(1) for i in range(3)) + head)
+                                             for c in (5, 9))
     assert stats["flops"] == pytest.approx(want, rel=1e-12)
+    # the evaluation's FLOPs bound holds it
+    s = EvalSettings(ctx=[5, 9], horizon=4, samples=3)
+    assert generation_bound(model, None, series, s, 1.0, EXACT, "continuous") >= stats["flops"]
+
+
+def test_a_shared_context_forecasts_what_each_sample_s_own_prefill_does():
+    """Causal attention: the first 5 steps of a 9-step prefill, repeated per sample, are a 5-step one."""
+    model = load_pretrained("tiny-random", encoding="continuous")
+    series = torch.rand(2, 9, 2) * 5
+    shared = forecast_values(model, series, 4, contexts=[9, 5], samples=3, temperature=1.0,
+                             generator=torch.Generator().manual_seed(3))
+    alone = [forecast_values(model, series[:, :c].repeat_interleave(3, 0), 4, temperature=1.0, generator=gen)[0]
+             for gen in [torch.Generator().manual_seed(3)] for c in (9, 5)]  # the same draws, in the same order
+    for s, a in zip(shared, alone):
+        assert torch.allclose(s, a.view(2, 3, 4, 2), atol=1e-5)
+    assert not torch.allclose(shared[0][:, 0], shared[0][:, 1])  # samples differ
 
 
 @pytest.mark.parametrize("space", ["log", "linear"])
@@ -363,8 +383,8 @@ def test_fp32_value_layers_run_on_a_bf16_decoder():
     model.embed_values.float().requires_grad_(True)
     model.value_head.float().requires_grad_(True)
     assert model.dtype == torch.bfloat16
-    out = forecast_values(model, torch.rand(2, 5, 2) * 3, 3)
-    assert out.shape == (2, 3, 2) and torch.isfinite(out).all()
+    out = forecast_values(model, torch.rand(2, 5, 2) * 3, 3)[0]
+    assert out.shape == (2, 1, 3, 2) and torch.isfinite(out).all()
     loss, _ = value_loss(model, torch.rand(2, 6, 2) * 3, torch.zeros(2, 6, dtype=torch.long))
     loss.backward()
     assert model.value_head.weight.grad is not None and model.value_head.weight.grad.dtype == torch.float32
