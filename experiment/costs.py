@@ -15,7 +15,7 @@ from qwen_min import QwenConfig, QwenForCausalLM
 from qwen_min.continuous import QwenForValueForecasting, ValueSpec
 from qwen_min.weights import empty_model
 
-from .settings import value_spec
+from .settings import requested_spec
 
 
 def meta_model(config: QwenConfig | None = None, rank: int = 0, targets=lora.DEFAULT_TARGETS,
@@ -72,7 +72,7 @@ def planned_run(s, config: QwenConfig, val_ids: list[list[int]], convention: str
     """(FLOPs of one full step, FLOPs of one validation pass) for a run of settings `s`, planned on
     the meta device."""
     model = meta_model(config, rank=0 if s.full else s.rank, targets=lora.parse_targets(s.targets),
-                       spec=value_spec(s))
+                       spec=requested_spec(s))
     for name in lora.VALUE_LAYERS if s.encoding == "continuous" else ():
         getattr(model, name).requires_grad_(True)
     if s.full:

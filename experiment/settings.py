@@ -53,7 +53,7 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def value_spec(s) -> ValueSpec | None:
+def requested_spec(s) -> ValueSpec | None:
     """The continuous head that settings `s` ask for; None for a token encoding."""
     return ValueSpec(s.components, s.value_space) if s.encoding == "continuous" else None
 

@@ -29,13 +29,13 @@ from flops.ledger import DEFAULT_BUDGET
 from qwen_min import device_and_dtype, load_pretrained, load_tokenizer, save_pretrained
 from qwen_min.continuous import QwenForValueForecasting, value_loss
 from qwen_min.loss import IGNORE, lm_loss
-from qwen_min.weights import model_encoding
+from qwen_min.weights import model_encoding, value_spec
 
 from .batches import prepare_data
 from .costs import affordable_steps, full_step_cost, step_cost, val_cost
 from .report import plot_losses
 from .runfolder import CHECKPOINT, FolderLock, check_writable, is_run, new_run_id, read_checkpoint, read_config, same_run
-from .settings import RunError, TrainSettings, UsageError, as_config, value_spec
+from .settings import RunError, TrainSettings, UsageError, as_config, requested_spec
 
 
 # --- pieces ----------------------------------------------------------------------------------------
@@ -61,6 +61,10 @@ def all_agree(ok: bool, world: int, device) -> bool:
 def check_model_encoding(s: TrainSettings) -> None:
     """Refuse a model that can't be read in the run's encoding (a directory says its own)."""
     found = model_encoding(s.model, s.encoding)
+    saved = value_spec(s.model) if found == s.encoding == "continuous" else None  # a preset's: built as asked
+    if saved is not None and saved != requested_spec(s):
+        raise UsageError(f"--model {s.model} is a continuous model of {saved.components} component(s) in "
+                         f"{saved.space} space; give --components {saved.components} --value-space {saved.space}")
     if found == s.encoding or (s.encoding == "continuous" and found == "digits"):
         return  # a language model gets new value layers for continuous
     if s.encoding == "bins":
@@ -73,10 +77,10 @@ def build_model(s: TrainSettings, device, dtype, seed: int):
     """The model of a run: every weight trainable with --full, else LoRA (fp32 adapters, seeded).
     With --encoding continuous on a language model, its decoder gets new value layers (seeded),
     which train fully beside the LoRA matrices."""
-    model = load_pretrained(s.model, dtype=dtype, device=device, encoding=s.encoding, spec=value_spec(s))
+    model = load_pretrained(s.model, dtype=dtype, device=device, encoding=s.encoding, spec=requested_spec(s))
     gen = torch.Generator().manual_seed(seed)
     if s.encoding == "continuous" and not isinstance(model, QwenForValueForecasting):
-        model = QwenForValueForecasting.from_decoder(model.model, model.config, value_spec(s), gen)
+        model = QwenForValueForecasting.from_decoder(model.model, model.config, requested_spec(s), gen)
     if s.full:
         for p in model.parameters():
             p.requires_grad_(True)

@@ -329,6 +329,21 @@ def test_bins_on_a_language_model_and_disagreeing_encodings_are_refused(series_f
     assert not (tmp_path / "e").exists()
 
 
+def test_a_continuous_model_directory_is_trained_in_its_own_space(series_file, tmp_path, capsys):
+    """--value-space defaults to log; a saved linear model is refused unless asked for as it is."""
+    directory = tmp_path / "linear"
+    save_pretrained(load_pretrained("tiny-random", encoding="continuous", spec=ValueSpec(1, "linear")), directory,
+                    tokenizer=load_tokenizer("tiny-random", "continuous"))
+    common = ["--model", str(directory), "--encoding", "continuous", "--chunk", "50", "--full", "--max-steps", "1"]
+    code = train.main(args(series_file, tmp_path, *common, "--out", str(tmp_path / "run")))
+    err = capsys.readouterr().err
+    assert code == 2 and "is a continuous model of 1 component(s) in linear space; give --components 1 " \
+                         "--value-space linear" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    assert train.main(args(series_file, tmp_path, *common, "--value-space", "linear", "--out", str(tmp_path / "run"))) == 0
+    assert load_pretrained(tmp_path / "run/model_last").spec == ValueSpec(1, "linear")
+
+
 def test_scale_and_windows_are_shared_by_the_token_encodings():
     """bins read the digits' text: the same scale, the same windows code, a quarter... of the positions."""
     values = two_decimal_series(np.random.default_rng(3), steps=50)
