@@ -70,7 +70,6 @@ class QwenForValueForecasting(nn.Module):
     def __init__(self, config: QwenConfig, spec: ValueSpec = ValueSpec()):
         super().__init__()
         self.config, self.spec = config, spec
-        self.components = spec.components
         self.model = QwenModel(config)
         self.embed_values = nn.Linear(SPECIES, config.hidden_size)
         self.value_head = nn.Linear(config.hidden_size, SPECIES * 3 * spec.components)
@@ -112,7 +111,8 @@ class QwenForValueForecasting(nn.Module):
     def mixture(self, hidden: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """hidden (..., D) and the values at the same positions (..., 2) -> log weights, means and
         scales of the next step in the space, each (..., 2, components), in fp32."""
-        raw = self.value_head(hidden.to(self.value_head.weight.dtype)).float().unflatten(-1, (SPECIES, 3, self.components))  # (..., 2, 3, K)
+        raw = self.value_head(hidden.to(self.value_head.weight.dtype)).float()
+        raw = raw.unflatten(-1, (SPECIES, 3, self.spec.components))  # (..., 2, 3, K)
         log_w = torch.log_softmax(raw[..., 0, :], dim=-1)
         means = self.to_space(values)[..., None] + raw[..., 1, :]
         scales = F.softplus(raw[..., 2, :]) + MIN_SCALE
@@ -147,7 +147,7 @@ class QwenForValueForecasting(nn.Module):
         """The value head and the mixture's likelihood at `positions` positions."""
         log_ops = LOG_HEAD_OPS if self.spec.space == "log" else 0
         return (linear_flops(self.value_head, positions, convention)
-                + convention.pointwise(positions * SPECIES * self.components, NLL_OPS)
+                + convention.pointwise(positions * SPECIES * self.spec.components, NLL_OPS)
                 + convention.pointwise(positions * SPECIES, log_ops))
 
     def flops(self, seq_len: int, convention: Convention | str = "exact", past: int = 0,
