@@ -224,6 +224,9 @@ class TrainSettings(CommonTrain):
     def default_name(self) -> str:
         frac = "" if self.train_fraction == 1 else f"-f{self.train_fraction:g}"
         enc = "" if self.encoding == "digits" else f"-{self.encoding}"
+        if self.encoding == "continuous":  # a head other than the default's says so: runs of both don't share a folder
+            enc += ("" if self.value_space == "log" else f"-{self.value_space}") + (
+                "" if self.components == 1 else f"-k{self.components}")
         if self.full:
             return f"full-{Path(str(self.model)).name}{enc}-lr{self.lr:g}-c{self.chunk}{frac}"
         return f"lora-r{self.rank}{enc}-lr{self.lr:g}-c{self.chunk}{frac}"

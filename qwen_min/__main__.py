@@ -75,7 +75,8 @@ def continue_values(model: QwenForValueForecasting, args, t0: float) -> int:
         raise LoadError(f"--prompt {args.prompt!r} holds no time step (x,y;x,y;...) for a continuous model")
     loaded(model, args, t0)
     context = torch.as_tensor(values, dtype=torch.float32, device=model.device)[None]
-    out = forecast_values(model, context, args.max_new_tokens, temperature=args.temperature)[0][0, 0].cpu().double().numpy()
+    out = forecast_values(model, context, args.max_new_tokens, temperature=args.temperature)[0]  # (1, 1, steps, 2)
+    out = out[0, 0].cpu().double().numpy()
     print(args.prompt.rstrip(";") + ";" + encode(out, 1.0, 2) + ";")
     return 0
 
