@@ -215,13 +215,13 @@ def bench_eval(ours, theirs, a) -> tuple:
     pattern = [[tok.token_id(c) for c in chars] for chars in step_pattern(2)]
     allowed = sorted(qwen_number_ids(tok).values())
     new_tokens = 10 * a.eval_steps
-    stats = {}
-    ours_fn = lambda: generate(ours, prompts, new_tokens, pad_id=0, pattern=pattern, stats=stats)  # noqa: E731
+    done = []  # every timed call's output, with what it computed
+    ours_fn = lambda: done.append(generate(ours, prompts, new_tokens, pad_id=0, pattern=pattern))  # noqa: E731
     theirs_fn = lambda: hf_generate(theirs, prompts, new_tokens, allowed, a.device)  # noqa: E731
     same = generate(ours, prompts, new_tokens, pad_id=0, allowed_token_ids=allowed) == theirs_fn()
     t_ours, t_theirs = alternate(ours_fn, theirs_fn, a.runs, a.device)
-    calls = stats["forward_calls"] / (a.runs + 1)
-    return (f"eval {len(prompts)} prompts x {new_tokens} tok", t_ours, t_theirs, stats["flops"] / (a.runs + 1) / t_ours,
+    calls = sum(d.forward_calls for d in done) / len(done)
+    return (f"eval {len(prompts)} prompts x {new_tokens} tok", t_ours, t_theirs, sum(d.flops for d in done) / len(done) / t_ours,
             f"mask-only tokens equal: {same}; {calls:.0f} forward calls vs {new_tokens}")
 
 

@@ -1,7 +1,6 @@
 """The reference report's whole experiment plan in one command, on one ledger and one FLOPs budget.
 
     python reproduce.py --out runs/report                      # Qwen/Qwen2.5-0.5B-Instruct, 1e17 FLOPs
-    python train.py plan --out runs/report                     # the same
     python reproduce.py --model tiny-random --budget 2e12 --eval-limit 8 --val-limit 10 --out runs/report-tiny
 
 Stages (the budget is split between three groups by --shares, the report's about 10% / 70% / 20%):
@@ -13,18 +12,38 @@ Stages (the budget is split between three groups by --shares, the report's about
 Re-running the same command continues where it stopped, and the ledger charges nothing twice.
 Writes report.md with the tables and figures.
 
-The work is done by `experiment.plan`.
+The work is done by `experiment.plan`; this file reads flags.
 """
 
 from __future__ import annotations
 
 import sys
 
-from experiment.cli import plan_main
+from commandline import Parser, prose
+from experiment.cli import add_settings, given, run
+from experiment.plan import reproduce
+from experiment.settings import PlanSettings
+from experiment.summaries import plan_summary
+
+
+def parser(prog: str = "python reproduce.py") -> Parser:
+    p = Parser(prog, prose(__doc__), examples=[
+        f"{prog} --out runs/report                # Qwen2.5-0.5B-Instruct, 1e17 FLOPs",
+        f"{prog} --model tiny-random --budget 1e13 --out runs/report-tiny",
+        f"{prog} --model tiny-random --budget 1e13 --out runs/report-tiny   # again: continues, charges nothing twice"])
+    return add_settings(p, PlanSettings)
 
 
 def main(argv=None) -> int:
-    return plan_main(sys.argv[1:] if argv is None else argv, prog="python reproduce.py")
+    """The plan from the command line: prints report.md, then where everything went."""
+    a = PlanSettings(**given(parser().parse_args(sys.argv[1:] if argv is None else argv)))
+
+    def work():
+        report = reproduce(a)
+        print(report.read_text())
+        print(plan_summary(report.parent))
+    return run(work, "stopped: the same command continues from here (finished stages are read back, a stopped "
+                     "training run resumes from its checkpoint, nothing is charged twice)")
 
 
 if __name__ == "__main__":

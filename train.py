@@ -4,7 +4,6 @@
     python train.py --model tiny-random --max-steps 300 --eval-every 50 --out runs/tiny
     python train.py --resume runs/tiny                         # continue a stopped or killed run
     python train.py sweep --model tiny-random --max-steps 40   # lr x rank grid on 20% of the training systems
-    python train.py plan --out runs/report                     # the report's whole plan (as reproduce.py)
     torchrun --nproc-per-node 2 train.py ...                   # data parallel; each process charges its share
 
 Every run writes to --out: config.json (the resolved settings), metrics.jsonl (a line per step),
@@ -12,7 +11,8 @@ adapter_best/ and adapter_last/ (PEFT layout), loss.png, checkpoint.pt (atomic, 
 Every training step and validation pass is charged to the ledger (--ledger, budget --budget) with the
 FLOPs that `flops` computes for it; a run stops cleanly before a step the budget can't pay for.
 
-The work is done by the `experiment` library (settings, trainer, sweep, plan); this file reads flags.
+The work is done by the `experiment` library (settings, trainer, sweep); this file reads flags. The
+report's whole plan is `python reproduce.py`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import argparse
 import sys
 
 from commandline import Parser, prose
-from experiment.cli import add_settings, given, plan_main, run
+from experiment.cli import add_settings, given, run
+from experiment.folders import resume_settings
 from experiment.settings import SweepSettings, TrainSettings
 from experiment.summaries import run_summary, sweep_summary
 from experiment.sweep import sweep
-from experiment.runfolder import resume_settings
 from experiment.trainer import train
 
 
@@ -37,8 +37,7 @@ def run_parser() -> Parser:
         "python train.py --model scratch-1m --flops 3e13 --batch-size 16 --lr 3e-3 --schedule cosine --warmup 30"
         "   # from scratch, continuous values",
         "python train.py --model scratch-1m --encoding bins --chunk 400 --stride 400 --flops 1e13   # a token per value"],
-        subcommands={"sweep": "the lr x rank grid on one ledger, with its table (sweep.md)",
-                      "plan": "the report's whole plan on one budget (the same as reproduce.py)"})
+        subcommands={"sweep": "the lr x rank grid on one ledger, with its table (sweep.md)"})
     add_settings(p, TrainSettings)
     p.add_argument("--resume", default=argparse.SUPPRESS, metavar="DIR",
                    help="continue the run in DIR from its checkpoint, the flags given here over its settings "
@@ -63,7 +62,9 @@ def settings_from_argv(argv: list[str]) -> TrainSettings:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "plan":
-        return plan_main(argv[1:], prog="python train.py plan")
+        print("error: the report's whole plan is its own command: python reproduce.py " + " ".join(argv[1:]),
+              file=sys.stderr)
+        return 2
     if argv and argv[0] == "sweep":
         a = SweepSettings(**given(sweep_parser().parse_args(argv[1:])))
         result = {}

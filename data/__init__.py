@@ -12,7 +12,7 @@ that `python -m data.simulate` runs it fresh.
 from .io import DEFAULT_PATH, DataError, Series, load_series, write_series
 from .splits import make_splits
 from .text import DecodeReport, decode, encode, scale_for, step_pattern
-from .windows import make_windows, prompt, prompt_and_target
+from .windows import make_windows, prompt
 
 __all__ = ["DEFAULT_PATH", "DataError", "Series", "load_series", "write_series", "make_splits",
-           "DecodeReport", "decode", "encode", "scale_for", "step_pattern", "make_windows", "prompt", "prompt_and_target"]
+           "DecodeReport", "decode", "encode", "scale_for", "step_pattern", "make_windows", "prompt"]

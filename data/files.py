@@ -6,6 +6,7 @@ write leaves behind (`.NAME.*.tmp`) is removed by `remove_leftovers` before a fo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -57,4 +58,29 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def read_json_object(path: str | Path, error: type[Exception] = ValueError, what: str = "file") -> dict:
+    """A JSON object read from `path`, or `error` with one line naming the file and what is wrong with
+    it (missing, unreadable, not JSON, not an object). `what` names the file in the first case."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found" if not path.exists() else f"{path}: is a folder, not a {what}")
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as e:
+        raise error(f"{path}: can't read it ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def files_digest(paths) -> str:
+    """SHA-256 over several files, each by its name and its bytes' digest, in the order given."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).name.encode() + b"\0" + file_digest(path).encode())
     return h.hexdigest()

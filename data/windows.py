@@ -1,4 +1,4 @@
-"""Token windows for training and prompt/target pairs for evaluation."""
+"""Training windows (of tokens, or of values) and the prompts of an evaluation."""
 
 from __future__ import annotations
 
@@ -62,14 +62,6 @@ def make_value_windows(series: Sequence[np.ndarray], chunk: int = 100, stride: i
 def prompt(values: np.ndarray, ctx: int, alpha: float = 1.0, decimals: int = 2) -> str:
     """The first `ctx` steps of a series (points, 2) as text ending with ';': what the model continues."""
     return encode(values[:ctx], alpha, decimals) + ";"
-
-
-def prompt_and_target(values: np.ndarray, ctx: int, horizon: int = 20, alpha: float = 1.0,
-                      decimals: int = 2) -> tuple[str, np.ndarray]:
-    """The prompt of the first `ctx` steps, and the true next `horizon` steps (original units)."""
-    if ctx < 1 or ctx + horizon > len(values):
-        raise ValueError(f"ctx {ctx} + horizon {horizon} needs {ctx + horizon} points; the series has {len(values)}")
-    return prompt(values, ctx, alpha, decimals), np.asarray(values[ctx:ctx + horizon], dtype=np.float64)
 
 
 def tokenize_series(values: Sequence[np.ndarray], alpha: float, encode_text: Callable[[str], list[int]],

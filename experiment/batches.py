@@ -14,20 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data import make_splits, make_windows, scale_for
+from data import make_splits, scale_for
 from data.simulate import ensure_data, simulate
-from data.windows import make_value_windows, tokenize_series
 
-from .settings import UsageError
+from .encodings import Encoding
 
 FRESH_SEED = 1_000_003  # fresh systems are drawn from seeds far from any data file's
 
 
 @dataclass
 class Prepared:
-    """A run's training windows and validation series. Token encodings: windows of input_ids, labels,
-    attention_mask, each (N, chunk), and token lists; continuous: windows of values (N, chunk, 2) and
-    labels (N, chunk), and arrays of scaled values (steps, 2)."""
+    """A run's training windows and validation series, as its encoding makes them (token windows of
+    input_ids, labels, attention_mask, each (N, chunk), and token lists; or windows of values (N,
+    chunk, 2) and labels (N, chunk), and arrays of scaled values (steps, 2)). `key` names the
+    windows' inputs."""
 
     windows: dict[str, torch.Tensor]  # epoch 0
     val_ids: list  # whole validation systems, not chunked: token ids, or scaled values (steps, 2)
@@ -35,6 +35,7 @@ class Prepared:
     val_systems: list[int]
     alpha_train: float
     alpha_val: float
+    key: str = "input_ids"
     stream: Callable[[int], dict[str, torch.Tensor]] | None = None  # epoch -> windows of fresh systems
     _epoch: tuple[int, dict] | None = None
 
@@ -47,15 +48,15 @@ class Prepared:
 
     def batch(self, step: int, batch: int, seed: int, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids or values, labels) of step `step` (this process's `rows` of it), (rows, chunk, ...)."""
-        key = "values" if "values" in self.windows else "input_ids"
-        picks = batch_positions(step, batch, len(self.windows[key]), seed)[rows]
-        ids = torch.stack([self.windows_of(e)[key][i] for e, i in picks])
+        picks = batch_positions(step, batch, len(self.windows[self.key]), seed)[rows]
+        ids = torch.stack([self.windows_of(e)[self.key][i] for e, i in picks])
         labels = torch.stack([self.windows_of(e)["labels"][i] for e, i in picks])
         return ids, labels
 
 
-def prepare_data(s, tok) -> Prepared:
-    """The windows and validation series of a run's settings `s` (a TrainSettings), tokenized by `tok`."""
+def prepare_data(s, tok, encoding: Encoding) -> Prepared:
+    """The windows and validation series of a run's settings `s` (a TrainSettings) in `encoding`,
+    tokenized by `tok`."""
     series = ensure_data(s.data)
     splits = make_splits(series.systems, seed=s.split_seed)
     train = splits["train"]
@@ -65,43 +66,24 @@ def prepare_data(s, tok) -> Prepared:
     val = splits["validation"][: s.val_limit] if s.val_limit else splits["validation"]
     alpha_train = scale_for(series.trajectories[splits["train"]])
     alpha_val = scale_for(series.trajectories[splits["validation"]])
-    train_ids = model_inputs(s, tok, series.trajectories[train], alpha_train)
-    if s.encoding != "continuous":
-        value = "9." + "9" * s.decimals
-        step_tokens = len(tok.encode(f"{value},{value};"))
-        if s.chunk < step_tokens:
-            raise UsageError(f"--chunk {s.chunk} is smaller than one time step of text ({step_tokens} tokens)")
-    windows = cut_windows(s, tok, train_ids)
-    val_ids = model_inputs(s, tok, series.trajectories[val], alpha_val)
+    train_ids = encoding.inputs(series.trajectories[train], alpha_train, tok, s.decimals)
+    encoding.check_chunk(s.chunk, tok, s.decimals)
+    windows = encoding.windows(train_ids, s.chunk, s.stride, tok.pad_id or 0)
+    val_ids = encoding.inputs(series.trajectories[val], alpha_val, tok, s.decimals)
     stream = None
     if s.fresh_systems:
-        stream = functools.partial(fresh_windows, s, tok, series.points, float(series.time[-1]), alpha_train)
+        stream = functools.partial(fresh_windows, s, tok, encoding, series.points, float(series.time[-1]), alpha_train)
         windows, train = stream(0), []
-    return Prepared(windows, val_ids, train, val, alpha_train, alpha_val, stream)
+    return Prepared(windows, val_ids, train, val, alpha_train, alpha_val, encoding.window_key, stream)
 
 
-def fresh_windows(s, tok, points: int, t_end: float, alpha: float, epoch: int) -> dict[str, torch.Tensor]:
+def fresh_windows(s, tok, encoding: Encoding, points: int, t_end: float, alpha: float, epoch: int) -> dict[str, torch.Tensor]:
     """Epoch `epoch`'s new systems, simulated (never the file's validation systems), clipped so every
     scaled value keeps one digit before the point. Every system is the same number of tokens, so
     every epoch cuts into the same number of windows."""
     traj, _, _ = simulate(s.fresh_systems, FRESH_SEED + 1000 * s.seed + epoch, points, t_end)
     traj = np.minimum(traj, alpha * (10 - 10.0 ** -s.decimals))
-    return cut_windows(s, tok, model_inputs(s, tok, traj, alpha))
-
-
-def model_inputs(s, tok, values: np.ndarray, alpha: float) -> list:
-    """Each system's whole series (systems, points, 2) as the model reads it under `s.encoding`: token
-    ids of its text (digits, bins), or its values divided by alpha (continuous, float32)."""
-    if s.encoding == "continuous":
-        return [np.asarray(v / alpha, dtype=np.float32) for v in values]
-    return tokenize_series(values, alpha, tok.encode, s.decimals)
-
-
-def cut_windows(s, tok, sequences: list) -> dict[str, torch.Tensor]:
-    """Training windows of `s.chunk` positions every `s.stride` from each sequence of `model_inputs`."""
-    if s.encoding == "continuous":
-        return make_value_windows(sequences, s.chunk, s.stride)
-    return make_windows(sequences, s.chunk, s.stride, pad_id=tok.pad_id or 0)
+    return encoding.windows(encoding.inputs(traj, alpha, tok, s.decimals), s.chunk, s.stride, tok.pad_id or 0)
 
 
 def batch_positions(step: int, batch: int, n: int, seed: int) -> list[tuple[int, int]]:
@@ -118,8 +100,3 @@ def batch_positions(step: int, batch: int, n: int, seed: int) -> list[tuple[int,
 def epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     """The seeded permutation of an epoch's n windows (a step's rows come from one or two epochs)."""
     return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist())
-
-
-def batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
-    """Window indices of step `step` when every epoch reads the same windows."""
-    return [i for _, i in batch_positions(step, batch, n, seed)]

@@ -20,9 +20,8 @@ from flops import BudgetExceeded
 from flops.ledger import LedgerError
 from qwen_min import LoadError
 
-from .plan import LEDGER, reproduce
-from .summaries import plan_summary
-from .settings import Charged, PlanSettings, RunError, UsageError
+from .errors import RunError, UsageError
+from .groups import Charged
 
 USER_ERRORS = (UsageError, LoadError, DataError, LedgerError, BudgetExceeded)
 
@@ -77,23 +76,3 @@ def run(work: Callable[[], object], interrupted: str | None = None) -> int:
         print(interrupted, file=sys.stderr)
         return 130
     return 0
-
-
-def plan_parser(prog: str) -> Parser:
-    p = Parser(prog, PlanSettings.__doc__, examples=[
-        f"{prog} --out runs/report                # Qwen2.5-0.5B-Instruct, 1e17 FLOPs",
-        f"{prog} --model tiny-random --budget 1e13 --out runs/report-tiny",
-        f"{prog} --model tiny-random --budget 1e13 --out runs/report-tiny   # again: continues, charges nothing twice"])
-    return add_settings(p, PlanSettings)
-
-
-def plan_main(argv: list[str], prog: str) -> int:
-    """The plan from the command line (`python reproduce.py`, `python train.py plan`): prints report.md."""
-    a = PlanSettings(**given(plan_parser(prog).parse_args(argv)))
-
-    def work():
-        report = reproduce(a)
-        print(report.read_text())
-        print(plan_summary(report, report.parent / LEDGER))
-    return run(work, "stopped: the same command continues from here (finished stages are read back, a stopped "
-                     "training run resumes from its checkpoint, nothing is charged twice)")

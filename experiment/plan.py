@@ -15,24 +15,24 @@ the ledger charges nothing twice. Ends with report.md.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from data.files import write_text
+import lora
 from flops import Ledger, get_convention
-from qwen_min import load_config, load_tokenizer, parse_device
+from qwen_min import ModelSource, open_model, parse_device
 
+from .baseline_runs import select
 from .batches import prepare_data
-from .costs import affordable_steps, generation_bound, meta_model, planned_run, run_cost
-from .forecast import evaluate, select
+from .costs import affordable_steps, planned_run, run_cost
+from .encodings import encoding_of
+from .folders import PlanFolder
+from .forecast import evaluate
+from .models import META, forecast_model
 from .report import plan_report
-from .settings import EvalSettings, PlanSettings, TrainSettings, UsageError, derive
-from .runfolder import finished
+from .settings import EvalSettings, PlanSettings, TrainSettings, UsageError, derive, grid_name
+from .sweep import best_of
 from .trainer import train
-
-
-LEDGER = "ledger.json"  # the plan's own ledger, in its --out folder
 
 
 def say(msg: str) -> None:
@@ -42,12 +42,13 @@ def say(msg: str) -> None:
 class Plan:
     """The settings of every stage, what each costs, and the ledger they are charged to."""
 
-    def __init__(self, a: PlanSettings):
-        self.a = a
-        self.out = Path(a.out)
-        self.ledger_path = self.out / LEDGER
-        self.config = load_config(a.model)
-        self.tok = load_tokenizer(a.model)
+    def __init__(self, a: PlanSettings, source: ModelSource):
+        self.a, self.source = a, source
+        self.folder = PlanFolder(a.out)
+        self.out, self.ledger_path = self.folder.path, self.folder.ledger
+        self.encoding = encoding_of(a.encoding)
+        self.config = source.config(a.encoding)
+        self.tok = source.tokenizer(a.encoding)
         self.shares = [s * a.budget for s in a.shares]
         self.convention = get_convention(a.convention)
         self._val_ids = None
@@ -57,21 +58,29 @@ class Plan:
     def run_settings(self, name: str, rank: int, lr: float, chunk: int, fraction: float, steps: int) -> TrainSettings:
         a = self.a
         return derive(TrainSettings, a, rank=rank, lr=lr, chunk=chunk, stride=a.stride_for(chunk),
-                      train_fraction=fraction, max_steps=max(1, steps), ledger=str(self.ledger_path),
-                      out=str(self.out / name), name=name).resolved()
+                      train_fraction=fraction, max_steps=max(1, steps), out=str(self.out / name), name=name,
+                      **self.charged).resolved()
 
     def eval_settings(self, name: str, adapter: Path | None = None) -> EvalSettings:
-        return derive(EvalSettings, self.a, out=str(self.out / name), name=name, ledger=str(self.ledger_path),
-                      limit=self.a.eval_limit, adapter=[str(adapter)] if adapter else [], no_base=adapter is not None,
-                      batch_size=EvalSettings.batch_size)  # the plan's --batch-size is the training batch
+        return derive(EvalSettings, self.a, out=str(self.out / name), name=name, limit=self.a.eval_limit,
+                      adapter=[str(adapter)] if adapter else [], no_base=adapter is not None, **self.charged)
+
+    @property
+    def charged(self) -> dict:
+        """Where every stage is charged: the plan's ledger, under its budget and convention."""
+        return {"ledger": str(self.ledger_path), "budget": self.a.budget, "convention": self.a.convention}
+
+    def best_adapter(self, name: str) -> Path:
+        """Where the run `name` keeps its best adapter."""
+        return self.folder.run(name).weights("best", full=False)
 
     # --- costs -------------------------------------------------------------------------------------
     def run_costs(self, rank: int, chunk: int) -> tuple[float, float]:
         """(one full training step, one validation pass) in FLOPs."""
         probe = self.run_settings("probe", rank, 1e-4, chunk, 1.0, 1)
         if self._val_ids is None:
-            self._val_ids = prepare_data(probe, self.tok).val_ids
-        return planned_run(probe, self.config, self._val_ids, self.convention.name)
+            self._val_ids = prepare_data(probe, self.tok, self.encoding).val_ids
+        return planned_run(probe, self.source, self.encoding, self._val_ids, self.convention.name)
 
     def affordable(self, budget: float, rank: int, chunk: int) -> int:
         """Most steps a run can take (validation passes included) within `budget` FLOPs."""
@@ -83,13 +92,15 @@ class Plan:
         if self._selection is None:
             self._selection = select(s)
         sel = self._selection
-        return generation_bound(meta_model(self.config, rank), self.tok, sel.values, s, sel.alpha, self.convention)
+        model = forecast_model(self.source, self.encoding, s.seed, META, None, rank=rank,
+                               targets=lora.parse_targets(self.a.targets))
+        return self.encoding.bound(model, self.tok, sel.values, sel.alpha, s.task, self.convention)
 
     def steps(self) -> dict:
         """Steps per training run, fixed once from the shares (plan.json, so a re-run does the same)."""
-        path = self.out / "plan.json"
-        if path.exists():
-            return json.loads(path.read_text())
+        saved = self.folder.steps()
+        if saved is not None:
+            return saved
         a = self.a
         base_eval, default_eval = self.eval_cost(), self.eval_cost(a.default_rank)
         search_runs = len(a.ranks) * len(a.lrs) + len(a.chunks)
@@ -106,8 +117,7 @@ class Plan:
         too_small = self.too_small(plan)
         if too_small:
             raise UsageError(f"--budget {a.budget:.3g} is too small: " + "; ".join(too_small))
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps(plan, indent=1) + "\n")
+        self.folder.write(self.folder.STEPS, plan)
         return plan
 
     def too_small(self, plan: dict) -> list[str]:
@@ -137,7 +147,7 @@ class Plan:
 
 def do_train(plan: Plan, label: str, name: str, rank: int, lr: float, chunk: int, fraction: float, steps: int) -> dict | None:
     """A training run, or its summary if it is complete; shortened or skipped if the ledger can't pay."""
-    done = finished(plan.out / name)
+    done = plan.folder.run(name).finished()
     if done:
         say(f"{label}: {name} done, read back")
         return done
@@ -154,7 +164,7 @@ def do_train(plan: Plan, label: str, name: str, rank: int, lr: float, chunk: int
         steps, cost = shorter, run_cost(shorter, step, val, plan.a.eval_every)
     say(f"{label}: {name}: rank {rank}, lr {lr:g}, chunk {chunk}, {fraction:.0%} of the training systems, "
         f"{steps} steps at {step:.3e} FLOPs each, {cost:.3e} FLOPs planned")
-    summary = train(plan.run_settings(name, rank, lr, chunk, fraction, steps))
+    summary = train(plan.run_settings(name, rank, lr, chunk, fraction, steps), plan.source)
     if summary.get("interrupted"):  # Ctrl-C stopped the run (checkpointed): stop the plan, not go on to the next stage
         raise KeyboardInterrupt
     return summary
@@ -162,11 +172,11 @@ def do_train(plan: Plan, label: str, name: str, rank: int, lr: float, chunk: int
 
 def do_eval(plan: Plan, label: str, name: str, adapter: Path | None, rank: int = 0) -> dict | None:
     """An evaluation, or its results if it is done; skipped if the ledger can't pay for its bound."""
-    out = plan.out / name
-    if (out / "results.json").exists():
+    done = plan.folder.evaluation(name).results()
+    if done is not None:
         say(f"{label}: {name} done, read back")
-        return json.loads((out / "results.json").read_text())
-    if adapter is not None and not (adapter / "adapter_config.json").exists():
+        return done
+    if adapter is not None and not (adapter / lora.adapter.CONFIG_FILE).exists():
         say(f"{label}: skipping {name}: no adapter at {adapter}")
         return None
     cost = plan.eval_cost(rank)
@@ -176,19 +186,16 @@ def do_eval(plan: Plan, label: str, name: str, adapter: Path | None, rank: int =
         say(f"{label}: skipping {name}: it may need {cost:.3e} FLOPs, {ledger.remaining:.3e} remain")
         return None
     say(f"{label}: {name}: {len(plan.a.ctx)} contexts, up to {cost:.3e} FLOPs")
-    return evaluate(plan.eval_settings(name, adapter))
-
-
-def best_of(runs: dict[str, dict]) -> tuple[str, dict] | None:
-    scored = {n: s for n, s in runs.items() if s and s.get("best_val_loss") is not None}
-    return min(scored.items(), key=lambda kv: kv[1]["best_val_loss"]) if scored else None
+    return evaluate(plan.eval_settings(name, adapter), plan.source)
 
 
 def reproduce(a: PlanSettings) -> Path:
     """Run (or continue) the whole plan; returns the path of report.md."""
     a.check()
     parse_device(a.device)  # before plan.json or the ledger is written
-    plan = Plan(a)
+    source = open_model(a.model)
+    plan = Plan(a.resolved(source.encoding), source)
+    a = plan.a
     numbers = plan.steps()
     Ledger.open(plan.ledger_path, budget=a.budget, convention=a.convention)  # refuses another budget
     say(f"plan: budget {a.budget:.3e} FLOPs ({a.convention}), shares {a.shares}; default run "
@@ -198,7 +205,7 @@ def reproduce(a: PlanSettings) -> Path:
     untuned = do_eval(plan, "stage 1", "eval-untuned", None)
     default_name = f"default-r{a.default_rank}-lr{a.default_lr:g}"
     do_train(plan, "stage 2", default_name, a.default_rank, a.default_lr, a.chunk, 1.0, numbers["default_steps"])
-    default_eval = do_eval(plan, "stage 2", "eval-default", plan.out / default_name / "adapter_best", a.default_rank)
+    default_eval = do_eval(plan, "stage 2", "eval-default", plan.best_adapter(default_name), a.default_rank)
 
     # 3-4: the grid, then chunk sizes at its best setting
     choice = search(plan, numbers)
@@ -208,9 +215,9 @@ def reproduce(a: PlanSettings) -> Path:
     final_name = f"final-r{best_rank}-lr{best_lr:g}-c{best_chunk}"
     final_steps = plan.affordable(numbers["final_budget_flops"], best_rank, best_chunk)
     do_train(plan, "stage 5", final_name, best_rank, best_lr, best_chunk, 1.0, final_steps)
-    final_eval = do_eval(plan, "stage 5", "eval-final", plan.out / final_name / "adapter_best", best_rank)
+    final_eval = do_eval(plan, "stage 5", "eval-final", plan.best_adapter(final_name), best_rank)
 
-    report = plan_report(a, plan.out, Ledger.open(plan.ledger_path), plan.config, choice,
+    report = plan_report(a, plan.folder, Ledger.open(plan.ledger_path), plan.config, choice,
                          {"untuned": untuned, "default LoRA": default_eval, "tuned LoRA": final_eval},
                          {"untuned": "eval-untuned", "default LoRA": "eval-default", "tuned LoRA": "eval-final"})
     return report
@@ -222,12 +229,12 @@ def search(plan: Plan, numbers: dict) -> dict:
     grid = {}
     for rank in a.ranks:
         for lr in a.lrs:
-            name = f"grid-r{rank}-lr{lr:g}"
+            name = grid_name("grid", rank, lr)
             grid[name] = do_train(plan, "stage 3", name, rank, lr, a.chunk, a.grid_fraction, numbers["grid_steps"][str(rank)])
     chosen = best_of(grid)
     if chosen is None:
         raise UsageError("no grid run finished with a validation loss; nothing to choose from")
-    best_rank, best_lr = next((r, lr) for r in a.ranks for lr in a.lrs if f"grid-r{r}-lr{lr:g}" == chosen[0])
+    best_rank, best_lr = next((r, lr) for r in a.ranks for lr in a.lrs if grid_name("grid", r, lr) == chosen[0])
     chunks = {a.chunk: chosen[1]}
     for chunk in a.chunks:
         name = f"chunk{chunk}-r{best_rank}-lr{best_lr:g}"
@@ -240,6 +247,6 @@ def search(plan: Plan, numbers: dict) -> dict:
               "chunks": {str(c): (s or {}).get("best_val_loss") for c, s in chunks.items()},
               "best_chunk": best_chunk,
               "rule": "lowest validation loss (best over each run), grid first, then chunk size at the best setting"}
-    write_text(plan.out / "choice.json", json.dumps(choice, indent=1) + "\n")
+    plan.folder.write(plan.folder.CHOICE, choice)
     say(f"choice: rank {best_rank}, lr {best_lr:g} (validation loss {chosen[1]['best_val_loss']:.4f}), chunk {best_chunk}")
     return choice

@@ -12,12 +12,13 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
-from data.files import atomic_write, write_text  # noqa: E402
+from data.files import atomic_write  # noqa: E402
 from flops import Ledger  # noqa: E402
 from flops.report import component_table, format_table  # noqa: E402
 
-from .costs import meta_model  # noqa: E402
+from .models import meta_model  # noqa: E402
 from .scoring import SPECIES, Forecast  # noqa: E402
+from .settings import grid_name  # noqa: E402
 
 
 def save_figure(fig, path: Path, dpi: int) -> None:
@@ -27,8 +28,8 @@ def save_figure(fig, path: Path, dpi: int) -> None:
 
 # --- a training run --------------------------------------------------------------------------------
 
-def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
-    """Training loss per step and validation loss per pass (nats/token) against the step."""
+def plot_losses(metrics: list[dict], path: Path, title: str, ylabel: str = "cross-entropy (nats/token)") -> None:
+    """Training loss per step and validation loss per pass (in `ylabel`'s units) against the step."""
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [m["step"] for m in metrics]
     ax.plot(steps, [m["train_loss"] for m in metrics], lw=0.8, alpha=0.7, label="train (per step)")
@@ -36,7 +37,7 @@ def plot_losses(metrics: list[dict], path: Path, title: str) -> None:
     if val:
         ax.plot(*zip(*val), "o-", label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
@@ -177,13 +178,13 @@ def model_method(results: dict) -> dict:
     return next(v for k, v in results["methods"].items() if k.startswith("model"))
 
 
-def plan_report(a, out: Path, ledger: Ledger, config, choice: dict, evals: dict, folders: dict) -> Path:
-    """report.md of the plan with settings `a` in `out`: Tables 3-5, the forecast MAE of the three
-    models with the baselines, and the figures."""
+def plan_report(a, out, ledger: Ledger, config, choice: dict, evals: dict, folders: dict) -> Path:
+    """report.md of the plan with settings `a` in its folder `out` (a PlanFolder): Tables 3-5, the
+    forecast MAE of the three models with the baselines, and the figures."""
     best = choice["best_setting"]
     table3 = format_table(component_table(meta_model(config, rank=best["rank"]), a.chunk, ledger.convention),
                           ledger.convention, a.chunk)
-    grid_lines = grid_table(a.lrs, a.ranks, lambda r, lr: choice["grid"].get(f"grid-r{r}-lr{lr:g}"))
+    grid_lines = grid_table(a.lrs, a.ranks, lambda r, lr: choice["grid"].get(grid_name("grid", r, lr)))
     mae_lines = ["| model | " + " | ".join(f"MAE ctx {c}" for c in a.ctx)
                  + " | combined MAE | CRPS | 50% coverage | 90% coverage |", "| --- |" + " ---: |" * (len(a.ctx) + 4)]
     baselines = next((e for e in (evals["tuned LoRA"], evals["default LoRA"], evals["untuned"]) if e), None)
@@ -212,11 +213,12 @@ def plan_report(a, out: Path, ledger: Ledger, config, choice: dict, evals: dict,
             "## Figures", ""]
     for caption, path in figures:
         text += [f"![{caption}]({path})", "", f"*{caption}*", ""]
-    return write_text(out / "report.md", "\n".join(text))
+    return out.write(out.REPORT, "\n".join(text))
 
 
-def plan_figures(a, out: Path, evals: dict, folders: dict) -> list[tuple[str, str]]:
-    """The three models compared (MAE against horizon; forecasts against truth), from saved forecasts."""
+def plan_figures(a, out, evals: dict, folders: dict) -> list[tuple[str, str]]:
+    """The three models compared (MAE against horizon; forecasts against truth), from saved forecasts;
+    `out` is the PlanFolder, `folders` the evaluations' names by label."""
     present = {k: v for k, v in evals.items() if v}
     if not present:
         return []
@@ -226,22 +228,23 @@ def plan_figures(a, out: Path, evals: dict, folders: dict) -> list[tuple[str, st
         if not m.startswith("model"):
             methods[m] = r
     plot_horizon({"contexts": first["contexts"], "horizon": first["horizon"], "methods": methods},
-                 out / "mae_vs_horizon.png", title=f"{a.model} on {Path(a.data).name}: the three models and the baselines")
-    figures = [("MAE against steps ahead, per species and context: the three models and the baselines", "mae_vs_horizon.png")]
+                 out / out.HORIZON_PLOT, title=f"{a.model} on {Path(a.data).name}: the three models and the baselines")
+    figures = [("MAE against steps ahead, per species and context: the three models and the baselines", out.HORIZON_PLOT)]
     forecasts, saved = {}, None
-    for label, folder in folders.items():
-        path = out / folder / "forecasts.npz"
-        if label in present and path.exists():
-            saved = np.load(path)
+    for label, name in folders.items():
+        found = out.evaluation(name).forecasts() if label in present else None
+        if found is not None:
+            saved = found
             key = next(k.split("|")[0] for k in saved.files if k.startswith("model"))
             forecasts[label] = {c: saved[f"{key}|{c}"] for c in first["contexts"]}
     if forecasts:
         values = saved[f"truth|{max(first['contexts'])}"]
         plot_forecasts(values, saved["time"], forecasts, list(saved["systems"]), a.plot_systems, first["contexts"],
-                       first["horizon"], out / "forecasts_compared.png")
+                       first["horizon"], out / out.FORECAST_PLOT)
         figures.append(("Forecasts against the truth for chosen validation systems, the three models overlaid",
-                        "forecasts_compared.png"))
-    for label, folder in folders.items():
+                        out.FORECAST_PLOT))
+    for label, name in folders.items():
         if label in present:
-            figures.append((f"{label}: MAE against steps ahead with the baselines", f"{folder}/mae_vs_horizon.png"))
+            figures.append((f"{label}: MAE against steps ahead with the baselines",
+                            f"{name}/{out.evaluation(name).HORIZON_PLOT}"))
     return figures

@@ -3,34 +3,33 @@ and paid for up front, finished runs read back, then the table."""
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
-from data.files import write_text
 from flops import Ledger
-from qwen_min import load_config, load_tokenizer
+from qwen_min import open_model
 
 from .batches import prepare_data
 from .costs import affordable_steps, planned_run, run_cost
+from .encodings import encoding_of
+from .folders import RunFolder, SweepFolder
 from .report import sweep_markdown
 from .settings import SweepSettings, UsageError
-from .runfolder import finished
 from .trainer import train
 
 
 def sweep(a: SweepSettings) -> dict:
     """Run the grid's unfinished runs (refused up front if the ledger can't pay for all of them);
     write sweep.md and sweep.json. Returns the sweep's summary."""
-    runs = a.runs()
+    source = open_model(a.model)
+    runs = a.runs(source.encoding)
+    encoding = encoding_of(runs[0].encoding)
     ledger = Ledger.open(a.ledger, a.budget, a.convention)
-    config = load_config(a.model, runs[0].encoding)
-    val_ids = prepare_data(runs[0], load_tokenizer(a.model, runs[0].encoding)).val_ids
+    val_ids = prepare_data(runs[0], source.tokenizer(encoding.name), encoding).val_ids
     todo, need, dearest = [], 0.0, (0.0, 0.0)
     for r in runs:
-        if finished(r.out):
+        if RunFolder(r.out).finished():
             continue
-        step, val = planned_run(r, config, val_ids, ledger.convention)
+        step, val = planned_run(r, source, encoding, val_ids, ledger.convention)
         spent = ledger.spent(r.name)
         need += max(0.0, run_cost(a.max_steps, step, val, a.eval_every) - spent)
         dearest = max(dearest, (step, val))
@@ -43,27 +42,29 @@ def sweep(a: SweepSettings) -> dict:
     print(f"sweep: {len(runs)} runs ({len(runs) - len(todo)} done), {a.max_steps} steps each, "
           f"planned {need:.3e} FLOPs of {ledger.remaining:.3e} remaining", file=sys.stderr)
     for r in todo:
-        train(r)
+        train(r, source)
     return write_sweep(a)
 
 
 def write_sweep(a: SweepSettings) -> dict:
     """sweep.md and sweep.json from the runs' summaries (validation loss per lr x rank)."""
-    results = {}
+    folder, results = SweepFolder(a.out), {}
     for rank in a.ranks:
         for lr in a.lrs:
-            path = Path(a.out) / a.run_name(rank, lr) / "summary.json"
-            results[a.run_name(rank, lr)] = {"rank": rank, "lr": lr,
-                                             **(json.loads(path.read_text()) if path.exists() else {})}
-    scored = [v for v in results.values() if v.get("best_val_loss") is not None]
-    best = min(scored, key=lambda v: v["best_val_loss"]) if scored else None
+            summary = folder.run(a.run_name(rank, lr)).summary() or {}
+            results[a.run_name(rank, lr)] = {"rank": rank, "lr": lr, **summary}
+    chosen = best_of(results)
+    best = chosen and chosen[1]
     table = sweep_markdown(a.lrs, a.ranks, a.max_steps, a.train_fraction,
                            lambda r, lr: results[a.run_name(r, lr)].get("best_val_loss"), best)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "sweep.md", table)
     summary = {"runs": results, "best": best and {"rank": best["rank"], "lr": best["lr"],
                                                   "val_loss": best["best_val_loss"]}}
-    write_text(out / "sweep.json", json.dumps(summary, indent=1) + "\n")
+    folder.write(table, summary)
     print(table)
     return summary
+
+
+def best_of(runs: dict[str, dict | None]) -> tuple[str, dict] | None:
+    """(name, summary) of the run with the lowest best validation loss, or None if none has one."""
+    scored = {n: s for n, s in runs.items() if s and s.get("best_val_loss") is not None}
+    return min(scored.items(), key=lambda kv: kv[1]["best_val_loss"]) if scored else None

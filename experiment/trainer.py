@@ -4,15 +4,12 @@ checkpointed atomically, resumable exactly, and run by one or several processes 
     summary = train(TrainSettings(model="tiny-random", max_steps=300, out="runs/tiny").resolved())
 
 `Trainer` holds a run's state; `restore`, `step`, `validate` and `checkpoint` are its parts, and
-`train` is the loop over them. A run directory holds config.json (settings, split, scale),
-metrics.jsonl (a line per step), adapter_best/ and adapter_last/ (or model_best/ and model_last/ for
---full), loss.png, summary.json and checkpoint.pt.
+`train` is the loop over them. What a run writes, and where, is its folder's (`folders.RunFolder`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -23,169 +20,49 @@ import torch
 from tqdm import tqdm
 
 import lora
-from data.files import atomic_write, file_digest, write_text
+from data.files import file_digest
 from flops import Ledger, get_convention
 from flops.ledger import DEFAULT_BUDGET
-from qwen_min import device_and_dtype, load_pretrained, load_tokenizer, save_pretrained
-from qwen_min.continuous import QwenForValueForecasting, value_loss
-from qwen_min.loss import IGNORE, lm_loss
-from qwen_min.weights import model_encoding, value_spec
+from qwen_min import ModelSource, device_and_dtype, open_model
 
 from .batches import prepare_data
 from .costs import affordable_steps, full_step_cost, step_cost, val_cost
+from .encodings import Encoding, encoding_of
+from .errors import RunError, UsageError
+from .folders import FolderLock, RunFolder, check_writable, new_run_id
+from .models import run_model
+from .process import all_agree, distributed, learning_rate, make_logger, rng_state, set_rng_state
 from .report import plot_losses
-from .runfolder import CHECKPOINT, FolderLock, check_writable, is_run, new_run_id, read_checkpoint, read_config, same_run
-from .settings import RunError, TrainSettings, UsageError, as_config, requested_spec
+from .settings import TrainSettings, as_config
 
 
 # --- pieces ----------------------------------------------------------------------------------------
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size); starts the process group when run under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    return int(os.environ.get("RANK", "0")), world
-
-
-def all_agree(ok: bool, world: int, device) -> bool:
-    """True only if every process says so: all stop together at the budget."""
-    if world == 1:
-        return ok
-    flag = torch.tensor([int(ok)], device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def check_model_encoding(s: TrainSettings) -> None:
-    """Refuse a model that can't be read in the run's encoding (a directory says its own)."""
-    found = model_encoding(s.model, s.encoding)
-    saved = value_spec(s.model) if found == s.encoding == "continuous" else None  # a preset's: built as asked
-    if saved is not None and saved != requested_spec(s):
-        raise UsageError(f"--model {s.model} is a continuous model of {saved.components} component(s) in "
-                         f"{saved.space} space; give --components {saved.components} --value-space {saved.space}")
-    if found == s.encoding or (s.encoding == "continuous" and found == "digits"):
-        return  # a language model gets new value layers for continuous
-    if s.encoding == "bins":
-        raise UsageError(f"--encoding bins needs a preset (scratch-*, tiny-random) or a model trained with bins: "
-                         f"{s.model} reads {found}, its vocabulary has no value tokens")
-    raise UsageError(f"--model {s.model} reads {found}, not --encoding {s.encoding}")
-
-
-def build_model(s: TrainSettings, device, dtype, seed: int):
-    """The model of a run: every weight trainable with --full, else LoRA (fp32 adapters, seeded).
-    With --encoding continuous on a language model, its decoder gets new value layers (seeded),
-    which train fully beside the LoRA matrices."""
-    model = load_pretrained(s.model, dtype=dtype, device=device, encoding=s.encoding, spec=requested_spec(s))
-    gen = torch.Generator().manual_seed(seed)
-    if s.encoding == "continuous" and not isinstance(model, QwenForValueForecasting):
-        model = QwenForValueForecasting.from_decoder(model.model, model.config, requested_spec(s), gen)
-    if s.full:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    lora.inject(model, rank=s.rank, alpha=s.alpha, dropout=s.dropout, targets=s.targets, verbose=False)
-    for layer in lora.lora_layers(model).values():
-        layer.lora_A.float()  # adapters train in fp32 even on a bf16 base
-        layer.lora_B.float()
-        layer.reset_lora(generator=gen)
-    for name in lora.VALUE_LAYERS if s.encoding == "continuous" else ():
-        getattr(model, name).float().requires_grad_(True)
-    return model
-
-
-def loss_of(model, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The training loss of either kind of model: next-token cross-entropy (nats/token) or the next
-    step's negative log-likelihood (nats/step); and the positions it scored."""
-    if isinstance(model, QwenForValueForecasting):
-        return value_loss(model, inputs, labels)
-    return lm_loss(model, inputs, labels)
-
-
 class LossModule(torch.nn.Module):
-    """The model and its loss as one forward, so DistributedDataParallel sees the whole computation."""
+    """The model and its encoding's loss as one forward, so DistributedDataParallel sees the whole computation."""
 
-    def __init__(self, model):
+    def __init__(self, model, encoding: Encoding):
         super().__init__()
-        self.model = model
+        self.model, self.encoding = model, encoding
 
     def forward(self, inputs, labels):
-        return loss_of(self.model, inputs, labels)
+        return self.encoding.loss(self.model, inputs, labels)
 
 
 @torch.no_grad()
-def validation_loss(model, val_ids: list, pad_id: int, device, autocast, batch: int = 8) -> float:
+def validation_loss(model, encoding: Encoding, val_ids: list, pad_id: int, device, autocast, batch: int = 8) -> float:
     """Position-mean loss (nats/token, or nats/step when continuous) over whole validation systems
     (padded on the right, batched by length)."""
     model.eval()
     total, count = 0.0, 0
     order = sorted(range(len(val_ids)), key=lambda i: len(val_ids[i]))
-    continuous = isinstance(model, QwenForValueForecasting)
     for s in range(0, len(order), batch):
-        rows = [val_ids[i] for i in order[s:s + batch]]
-        width = max(len(r) for r in rows)
-        ids = (torch.zeros((len(rows), width, 2)) if continuous else
-               torch.full((len(rows), width), pad_id, dtype=torch.long))
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, :len(r)] = torch.as_tensor(r)
-            labels[j, :len(r)] = 0 if continuous else torch.tensor(r)
+        inputs, labels = encoding.pad([val_ids[i] for i in order[s:s + batch]], pad_id)
         with autocast():
-            loss, n = loss_of(model, ids.to(device), labels.to(device))
+            loss, n = encoding.loss(model, inputs.to(device), labels.to(device))
         total += loss.item() * n
         count += n
     return total / max(count, 1)
-
-
-def learning_rate(s: TrainSettings, step: int) -> float:
-    """The learning rate at `step` (1-based): linear warm-up, then constant or cosine to zero."""
-    if s.warmup and step <= s.warmup:
-        return s.lr * step / s.warmup
-    if s.schedule == "cosine":
-        progress = (step - s.warmup) / max(1, s.max_steps - s.warmup)
-        return s.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return s.lr
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def read_metrics(path: Path, upto: int | None = None) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if upto is None or r["step"] <= upto]
-
-
-def make_logger(s: TrainSettings, out: Path):
-    """Optional TensorBoard or Weights & Biases logging; a clear error if asked for and not installed."""
-    if s.log == "none":
-        return None
-    try:
-        if s.log == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter  # optional: imported only when asked for
-
-            writer = SummaryWriter(str(out / "tensorboard"))
-            return lambda row: [writer.add_scalar(k, v, row["step"]) for k, v in row.items()
-                                if k != "step" and v is not None] and writer.flush()
-        import wandb  # optional: imported only when asked for
-
-        run = wandb.init(project="qwen-min", name=s.name, config=as_config(s), dir=str(out))
-        return lambda row: run.log({k: v for k, v in row.items() if v is not None}, step=row["step"])
-    except ImportError:
-        raise UsageError(f"--log {s.log}: the package is not installed (pip install "
-                         f"{'tensorboard' if s.log == 'tensorboard' else 'wandb'})") from None
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -195,23 +72,23 @@ class Trainer:
     anything; `claim` takes the run folder (and writes the step-0 checkpoint of a new run); then
     `restore`, `step`, `validate` and `checkpoint` as the loop needs them."""
 
-    def __init__(self, s: TrainSettings):
+    def __init__(self, s: TrainSettings, source: ModelSource | None = None):
         self.s = s
         self.rank_id, self.world = distributed()
         self.main = self.rank_id == 0
         torch.manual_seed(s.seed + self.rank_id)  # dropout; torch seeds itself at random otherwise
         self.device, self.dtype = device_and_dtype(s.device, s.dtype)
-        self.out = Path(s.out)
-        self.continuing = is_run(self.out)
+        self.folder = RunFolder(s.out)
+        self.out = self.folder.path
+        self.continuing = self.folder.is_run()
         check_writable(self.out)
-        check_model_encoding(s)
-        self.tok = load_tokenizer(s.model, s.encoding)
-        self.prep = prepare_data(s, self.tok)
+        self.source = source or open_model(s.model)
+        self.encoding = encoding_of(s.encoding)
+        self.encoding.check_model(self.source, s.spec)
+        self.tok = self.source.tokenizer(s.encoding)
+        self.prep = prepare_data(s, self.tok, self.encoding)
         self.data_sha256 = file_digest(s.data)
-        self.model = build_model(s, self.device, self.dtype, s.seed)
-        if s.encoding != "continuous" and self.tok.vocab_size > self.model.config.vocab_size:
-            raise UsageError(f"--model {s.model}: its vocabulary ({self.model.config.vocab_size}) is smaller than its "
-                             f"tokenizer's ({self.tok.vocab_size} tokens)")
+        self.model = run_model(s, self.source, self.encoding, self.device, self.dtype)
         # an existing ledger, checked against --budget and --convention when given (a new one is made in claim)
         existing = Ledger.open(s.ledger, s.budget, s.convention) if Path(s.ledger).exists() else None
         self.convention = get_convention(existing.convention if existing else s.convention or "exact")
@@ -226,7 +103,7 @@ class Trainer:
                                  f"({self.full_step + self.eval_flops:.3e} FLOPs)")
             self.s = s = dataclasses.replace(s, max_steps=steps)
         self.check_budget(existing)
-        self.train_model = LossModule(self.model)
+        self.train_model = LossModule(self.model, self.encoding)
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.train_model)
         on_cuda_bf16 = self.device.type == "cuda" and self.dtype == torch.bfloat16
@@ -257,10 +134,10 @@ class Trainer:
         the folder's own when continuing, a new one (with a step-0 checkpoint) when starting."""
         s = self.s
         if self.main:
-            self.lock = FolderLock(self.out)
-            if is_run(self.out):
-                saved = read_config(self.out)
-                same_run(s, self.out, saved, self.data_sha256)
+            self.lock = FolderLock(self.folder)
+            if self.folder.is_run():
+                saved = self.folder.read_config()
+                self.folder.same_run(s, saved, self.data_sha256)
                 self.run_id = saved.get("run_id") or s.name  # a run from before run ids kept its name as key
             else:
                 self.run_id = new_run_id()
@@ -269,7 +146,7 @@ class Trainer:
             shared = [self.run_id]
             torch.distributed.broadcast_object_list(shared, src=0)
             self.run_id = shared[0]
-        if self.main and not (self.out / CHECKPOINT).exists():
+        if self.main and not self.folder.has_checkpoint():
             self.checkpoint()  # step 0, before config.json: a folder with a config always has a checkpoint
         if self.world > 1:
             torch.distributed.barrier()
@@ -282,14 +159,14 @@ class Trainer:
     def restore(self) -> None:
         """Load the checkpoint (step 0 for a new run); rewrite config.json and metrics.jsonl up to it."""
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        ckpt = read_checkpoint(self.out / CHECKPOINT, trainable)
+        ckpt = self.folder.read_checkpoint(trainable)
         try:
             with torch.no_grad():
                 for n, v in ckpt["trainable"].items():
                     trainable[n].copy_(v)
             self.opt.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, RuntimeError) as e:
-            raise UsageError(f"{self.out / CHECKPOINT}: its optimizer state does not fit this run ({e})") from None
+            raise UsageError(f"{self.folder.checkpoint}: its optimizer state does not fit this run ({e})") from None
         self.step_no, self.best_val, self.tokens_seen = ckpt["step"], ckpt["best_val"], ckpt["tokens"]
         self.elapsed, self.flops_used = ckpt["seconds"], ckpt["flops"]
         self.flops_at_start = self.flops_used
@@ -297,11 +174,10 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         if self.main and self.continuing:
             print(f"resuming {self.out} from step {self.step_no}", file=sys.stderr)
-        metrics_path = self.out / "metrics.jsonl"
-        self.metrics = read_metrics(metrics_path, upto=self.step_no)
+        self.metrics = self.folder.read_metrics(upto=self.step_no)
         if self.main:
-            write_text(self.out / "config.json", json.dumps(self.config(), indent=1) + "\n")
-            write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in self.metrics))
+            self.folder.write_config(self.config())
+            self.folder.write_metrics(self.metrics)
 
     def config(self) -> dict:
         """config.json: the settings, then what they resolved to (split, scale, costs, sizes)."""
@@ -321,17 +197,14 @@ class Trainer:
         state = {"trainable": {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad},
                  "optimizer": self.opt.state_dict(), "step": self.step_no, "best_val": self.best_val,
                  "tokens": self.tokens_seen, "seconds": self.elapsed, "flops": self.flops_used, "rng": rng_state()}
-        atomic_write(self.out / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        self.folder.write_checkpoint(state)
         self.last_checkpoint = self.step_no
         self.save_weights("last")
 
     def save_weights(self, kind: str) -> None:
         """LoRA runs: the adapter (PEFT layout) in adapter_{kind}/; full runs: the whole model with its
         tokenizer (Hugging Face layout) in model_{kind}/."""
-        if self.s.full:
-            save_pretrained(self.model, self.out / f"model_{kind}", tokenizer=self.tok)
-        else:
-            lora.save_adapter(self.model, self.out / f"adapter_{kind}", base_model_name_or_path=self.s.model)
+        self.folder.save_weights(self.model, kind, self.s.full, self.tok, self.s.model)
 
     # --- work --------------------------------------------------------------------------------------
     def batch(self, nxt: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,7 +254,8 @@ class Trainer:
 
     def validate(self, cost: float) -> float:
         """The validation loss now, charged; the best weights saved when it is the lowest so far."""
-        val = validation_loss(self.model, self.prep.val_ids, self.tok.pad_id or 0, self.device, self.autocast)
+        val = validation_loss(self.model, self.encoding, self.prep.val_ids, self.tok.pad_id or 0, self.device,
+                              self.autocast)
         self.ledger.charge(self.key, "train", cost, name=self.s.name, key=f"validation-{self.step_no}", steps=0)
         self.flops_used += cost
         if not math.isfinite(val):
@@ -401,8 +275,7 @@ class Trainer:
                "lr": learning_rate(self.s, self.step_no), "tokens": self.tokens_seen, "flops": self.flops_used,
                "seconds": round(self.elapsed, 3)}
         self.metrics.append(row)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self.folder.append_metrics(row)
         if logger:
             logger(row)
         if val is not None:
@@ -419,7 +292,7 @@ class Trainer:
             return {}
         s = self.s
         if self.metrics:
-            plot_losses(self.metrics, self.out / "loss.png", f"{s.name} ({s.model})")
+            plot_losses(self.metrics, self.folder.loss_plot, f"{s.name} ({s.model})", self.encoding.loss_label)
         if stopped:
             print(stopped, file=sys.stderr)
         validated = [m for m in self.metrics if m.get("val_loss") is not None]
@@ -431,7 +304,7 @@ class Trainer:
                                            if m.get("val_loss") is not None), None),
                    "flops": self.flops_used, "flops_this_start": self.flops_used - self.flops_at_start,
                    "ledger": str(s.ledger), "seconds": self.elapsed, "stopped": stopped, "interrupted": interrupted}
-        write_text(self.out / "summary.json", json.dumps(summary, indent=1) + "\n")
+        self.folder.write_summary(summary)
         return summary
 
 
@@ -441,11 +314,11 @@ def progress_bar(t: Trainer):
     return tqdm(total=t.s.max_steps, initial=t.step_no, desc=t.s.name, dynamic_ncols=True)
 
 
-def train(s: TrainSettings) -> dict:
+def train(s: TrainSettings, source: ModelSource | None = None) -> dict:
     """Run (or continue) one training run; returns its summary. Raises UsageError/LoadError/DataError
     for a user's mistake, before any work; RunError when the loss or weights stop being finite (the
     last good checkpoint kept). Ctrl-C checkpoints and returns with `interrupted` set."""
-    t = Trainer(s)
+    t = Trainer(s, source)
     try:
         t.claim()
         return loop(t)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from commandline import Parser
-from experiment.costs import meta_model
+from experiment.models import meta_model
 from qwen_min import LoadError, QwenConfig
 
 from .conventions import CONVENTIONS

@@ -138,9 +138,6 @@ class Ledger:
     def can_afford(self, flops: float) -> bool:
         return self.refresh().total + flops <= self.budget
 
-    def entry(self, key: str) -> dict | None:
-        return self.experiments.get(key)
-
     def named(self, name: str) -> dict[str, dict]:
         """The entries (key -> entry) charged under the human name `name`."""
         return {k: e for k, e in self.experiments.items() if e.get("name", k) == name}

@@ -7,6 +7,7 @@ its value space in the safetensors header's metadata (`value_space`, beside PEFT
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -14,12 +15,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from data.files import atomic_write, write_text
+from data.files import atomic_write, files_digest, read_json_object, write_text
 from qwen_min.continuous import SPECIES, VALUE_SPACES, ValueSpec
 from qwen_min.errors import LoadError
 from qwen_min.weights import save_state
 
-from .inject import ATTENTION, TARGETS, check_config, inject, lora_config, lora_layers
+from .inject import TARGETS, check_config, inject, lora_config, lora_layers, part_of
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -73,12 +74,9 @@ def read_adapter_config(directory: Path) -> dict:
         raise LoadError(f"{directory}: no such adapter directory")
     if not path.is_file():
         raise LoadError(f"{path}: missing (an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict) or str(cfg.get("peft_type", "")).upper() != "LORA":
-        raise LoadError(f"{path}: peft_type is {cfg.get('peft_type') if isinstance(cfg, dict) else None!r}, expected 'LORA'")
+    cfg = read_json_object(path, LoadError)
+    if str(cfg.get("peft_type", "")).upper() != "LORA":
+        raise LoadError(f"{path}: peft_type is {cfg.get('peft_type')!r}, expected 'LORA'")
     r = cfg.get("r")
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
         raise LoadError(f"{path}: r must be a positive integer, got {r!r}")
@@ -92,7 +90,7 @@ def read_adapter_config(directory: Path) -> dict:
         raise LoadError(f"{path}: target module {unknown[0]!r} is not a projection of this model "
                         f"(expected some of {', '.join(TARGETS)})")
     saved = cfg.get("modules_to_save") or []
-    if not isinstance(saved, list) or sorted(saved) != sorted(VALUE_LAYERS) and saved:
+    if not isinstance(saved, list) or saved and sorted(map(str, saved)) != sorted(VALUE_LAYERS):
         raise LoadError(f"{path}: modules_to_save={saved!r} is not supported (only {list(VALUE_LAYERS)}, the layers "
                         f"of a continuous model)")
     cfg["modules_to_save"] = saved
@@ -167,27 +165,42 @@ def check_adapter(model, directory: str | Path) -> tuple[dict, dict[str, str]]:
     return cfg, renamed
 
 
-def adapter_spec(directory: str | Path) -> ValueSpec | None:
-    """The head of the continuous model an adapter was trained on (components from its value head's
-    shape, the space from the file's metadata; an adapter saved before the space was a choice is
-    linear), or None for a language model's adapter. The adapter is checked first."""
-    directory = Path(directory)
-    cfg = read_adapter_config(directory)
-    if not cfg["modules_to_save"]:
-        return None
-    key = f"{PREFIX}value_head.bias"
-    try:
-        with safe_open(directory / WEIGHTS_FILE, framework="pt") as f:
-            width = f.get_slice(key).get_shape()[0] if key in f.keys() else None
-            space = (f.metadata() or {}).get("value_space", "linear")
-    except (SafetensorError, OSError) as e:
-        raise LoadError(f"{directory / WEIGHTS_FILE}: not a readable safetensors file ({e})") from None
-    per_component = SPECIES * 3  # a weight, a mean and a scale per species
-    if width is None or width % per_component:
-        raise LoadError(f"{directory / WEIGHTS_FILE}: {key} is missing or not {per_component} x components wide")
-    if space not in VALUE_SPACES:
-        raise LoadError(f"{directory / WEIGHTS_FILE}: value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
-    return ValueSpec(width // per_component, space)
+class Adapter:
+    """An adapter folder, its adapter_config.json read and checked once: `config` (r, lora_alpha,
+    lora_dropout, target_modules, modules_to_save), `spec` (the head of the continuous model it was
+    trained on, None for a language model's) and `digest` (what identifies its computation)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.config = read_adapter_config(self.directory)
+
+    @functools.cached_property
+    def spec(self) -> ValueSpec | None:
+        """Components from the value head's shape, the space from the file's metadata (an adapter
+        saved before the space was a choice is linear); None without value layers."""
+        if not self.config["modules_to_save"]:
+            return None
+        weights, key = self.directory / WEIGHTS_FILE, f"{PREFIX}value_head.bias"
+        try:
+            with safe_open(weights, framework="pt") as f:
+                width = f.get_slice(key).get_shape()[0] if key in f.keys() else None
+                space = (f.metadata() or {}).get("value_space", "linear")
+        except (SafetensorError, OSError) as e:
+            raise LoadError(f"{weights}: not a readable safetensors file ({e})") from None
+        per_component = SPECIES * 3  # a weight, a mean and a scale per species
+        if width is None or width % per_component:
+            raise LoadError(f"{weights}: {key} is missing or not {per_component} x components wide")
+        if space not in VALUE_SPACES:
+            raise LoadError(f"{weights}: value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
+        return ValueSpec(width // per_component, space)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        return files_digest([self.directory / CONFIG_FILE, self.directory / WEIGHTS_FILE])
+
+    def check(self, model) -> None:
+        """Refuse a model this adapter does not fit (see `check_adapter`); the model may be on the meta device."""
+        check_adapter(model, self.directory)
 
 
 def expected_shapes(model, rank: int, targets, saved=()) -> dict[str, tuple[int, int]]:
@@ -204,7 +217,7 @@ def expected_shapes(model, rank: int, targets, saved=()) -> dict[str, tuple[int,
         for name in TARGETS:
             if name not in targets:
                 continue
-            part = "self_attn" if name in ATTENTION else "mlp"
+            part = part_of(name)
             base = getattr(getattr(block, part), name)
             prefix = f"{PREFIX}model.layers.{i}.{part}.{name}"
             shapes[f"{prefix}.lora_A.weight"] = (rank, base.in_features)

@@ -17,6 +17,11 @@ TARGETS = ATTENTION + MLP
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 
 
+def part_of(name: str) -> str:
+    """The block's submodule that holds projection `name`: self_attn or mlp."""
+    return "self_attn" if name in ATTENTION else "mlp"
+
+
 def parse_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
     """'q_proj,v_proj' or a sequence -> a validated tuple in the canonical order."""
     names = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets) if t.strip()]
@@ -60,7 +65,7 @@ def inject(model, rank: int = 8, alpha: float | None = None, dropout: float = 0.
         p.requires_grad_(False)
     for block in model.model.layers:
         for name in targets:
-            parent = block.self_attn if name in ATTENTION else block.mlp
+            parent = getattr(block, part_of(name))
             setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha, dropout))
     for layer in lora_layers(model).values():
         layer.lora_A.weight.requires_grad_(True)

@@ -12,11 +12,12 @@ from .config import QwenConfig
 from .continuous import QwenForValueForecasting, ValueSpec
 from .errors import LoadError
 from .generate import generate
-from .presets import PRESETS, TINY_RANDOM, preset_model, tiny_random_model
+from .presets import PRESETS, TINY_RANDOM, preset_model
 from .model import KVCache, QwenForCausalLM, init_weights
 from .tokenizer import NUMBER_SYMBOLS, Tokenizer
-from .weights import device_and_dtype, load_config, load_pretrained, load_tokenizer, parse_device, parse_dtype, save_pretrained
+from .weights import (ModelSource, device_and_dtype, load_config, load_pretrained, load_tokenizer, open_model, parse_device,
+                      parse_dtype, save_pretrained)
 
-__all__ = ["QwenConfig", "QwenForValueForecasting", "ValueSpec", "LoadError", "generate", "PRESETS", "TINY_RANDOM", "preset_model", "tiny_random_model",
+__all__ = ["QwenConfig", "QwenForValueForecasting", "ValueSpec", "LoadError", "generate", "PRESETS", "TINY_RANDOM", "preset_model",
            "KVCache", "QwenForCausalLM", "init_weights", "NUMBER_SYMBOLS", "device_and_dtype", "Tokenizer", "load_tokenizer", "load_config",
-           "load_pretrained", "parse_device", "parse_dtype", "save_pretrained"]
+           "load_pretrained", "ModelSource", "open_model", "parse_device", "parse_dtype", "save_pretrained"]

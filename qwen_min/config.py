@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from data.files import read_json_object
 
 from .errors import LoadError
 
@@ -71,11 +72,6 @@ class QwenConfig:
         need(self.rope_theta > 0, f"rope_theta must be positive, got {self.rope_theta}")
         need(self.rms_norm_eps > 0, f"rms_norm_eps must be positive, got {self.rms_norm_eps}")
 
-    @property
-    def kv_groups(self) -> int:
-        """Query heads that share one key/value head (7 for Qwen2.5-0.5B)."""
-        return self.num_attention_heads // self.num_key_value_heads
-
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> "QwenConfig":
         """Take the fields we know from a Hugging Face config dict; refuse what we can't run."""
@@ -113,16 +109,7 @@ class QwenConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "QwenConfig":
         """Read a Hugging Face `config.json` (Qwen2 architecture)."""
-        path = Path(path)
-        if not path.is_file():
-            raise LoadError(f"{path}: config file not found")
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LoadError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise LoadError(f"{path}: expected a JSON object")
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_json_object(path, LoadError, what="config file"), source=str(path))
 
     def to_hf_dict(self) -> dict:
         """The config.json that transformers' Qwen2ForCausalLM reads back to the same network."""

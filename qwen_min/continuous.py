@@ -32,7 +32,9 @@ from torch import nn
 from flops.conventions import Convention, Cost, get_convention, linear_flops
 
 from .config import QwenConfig
-from .model import KVCache, QwenModel
+from .generate import Generated
+from .loss import IGNORE
+from .model import DecoderWithHead, KVCache, QwenModel
 
 SPECIES = 2  # prey, predator
 MIN_SCALE = 1e-3  # the smallest standard deviation a component may have (scaled units)
@@ -64,7 +66,7 @@ class ValueSpec:
             raise ValueError(f"value space must be one of {', '.join(VALUE_SPACES)}, got {self.space!r}")
 
 
-class QwenForValueForecasting(nn.Module):
+class QwenForValueForecasting(DecoderWithHead):
     """The decoder with `embed_values` (2 -> D) in, and `value_head` (D -> 2 x 3 x components) out."""
 
     def __init__(self, config: QwenConfig, spec: ValueSpec = ValueSpec()):
@@ -160,21 +162,9 @@ class QwenForValueForecasting(nn.Module):
         return (convention.pointwise(seq_len * SPECIES, log_ops) + linear_flops(self.embed_values, seq_len, convention)
                 + self.model.flops(seq_len, convention, past) + self.head_flops(positions, convention))
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed_values.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The decoder's dtype (the value layers may be fp32 beside a bf16 decoder, as LoRA trains them)."""
-        return self.model.norm.weight.dtype
-
 
 def value_loss(model: QwenForValueForecasting, values: torch.Tensor, labels: torch.Tensor,
-               ignore: int = -100) -> tuple[torch.Tensor, int]:
+               ignore: int = IGNORE) -> tuple[torch.Tensor, int]:
     """Mean next-step negative log-likelihood (nats per step, both species) over the positions whose
     next step is real (labels (B, T) not `ignore`); returns (loss, steps scored). values (B, T, 2)."""
     hidden = model(values)[:, :-1]  # (B, T-1, D); right padding is never seen by a real step
@@ -186,15 +176,15 @@ def value_loss(model: QwenForValueForecasting, values: torch.Tensor, labels: tor
 @torch.no_grad()
 def forecast_values(model: QwenForValueForecasting, series: torch.Tensor, horizon: int, contexts=None,
                     samples: int = 1, temperature: float = 0.0, generator: torch.Generator | None = None,
-                    stats: dict | None = None, convention: str = "exact") -> list[torch.Tensor]:
+                    convention: str = "exact") -> Generated:
     """Continue each of `series` (B, T, 2), scaled, from each of `contexts` (its first steps, default
     all T) by `horizon` steps, `samples` times: a list over `contexts` of (B, samples, horizon, 2).
 
     One prefill of the longest context per series: a shorter context's keys, values and last hidden
     state are its first positions (causal attention gives the same), and every sample starts from
     them. Then, per context, one forward call per step after the first for all B x samples rows,
-    each feeding back the step just chosen. `stats`, if given, receives `forward_calls` and `flops`
-    (from the modules' own flops(), under `convention`)."""
+    each feeding back the step just chosen. Returned with what it cost: `flops` (from the modules'
+    own flops(), under `convention`) and `forward_calls`."""
     conv = get_convention(convention)
     B, T, _ = series.shape
     contexts = [T] if contexts is None else [int(c) for c in contexts]
@@ -203,7 +193,7 @@ def forecast_values(model: QwenForValueForecasting, series: torch.Tensor, horizo
     C = max(contexts)
     prefill = KVCache(model.config, B, C, model.dtype, series.device)
     states = model(series[:, :C], cache=prefill)  # (B, C, D)
-    calls, spent = 1, B * model.flops(C, conv, head_positions=0).forward  # the head is charged per step below
+    calls, spent = 1, B * model.flops(C, conv, head_positions=0)  # the head is charged per step below
     rows = B * samples
     forecasts = []
     for c in contexts:
@@ -212,16 +202,13 @@ def forecast_values(model: QwenForValueForecasting, series: torch.Tensor, horizo
         last = series[:, c - 1].float().repeat_interleave(samples, 0)  # (rows, 2)
         out = []
         for i in range(horizon):
-            spent += rows * model.head_flops(1, conv).forward
+            spent += rows * model.head_flops(1, conv)
             last = model.predict(hidden, last, temperature, generator)
             out.append(last)
             if i + 1 < horizon:
                 past = cache.length
                 hidden = model(last[:, None], cache=cache)[:, -1]
                 calls += 1
-                spent += rows * model.flops(1, conv, past, head_positions=0).forward
+                spent += rows * model.flops(1, conv, past, head_positions=0)
         forecasts.append(torch.stack(out, 1).view(B, samples, horizon, 2))
-    if stats is not None:
-        stats["forward_calls"] = stats.get("forward_calls", 0) + calls
-        stats["flops"] = stats.get("flops", 0.0) + spent
-    return forecasts
+    return Generated(forecasts, spent, calls)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from flops.conventions import get_convention
+from flops.conventions import Cost, get_convention
 
 from .model import KVCache, QwenForCausalLM
 
@@ -37,7 +37,7 @@ def generate(model: QwenForCausalLM, prompts: Sequence[Sequence[int]], max_new_t
              allowed_token_ids: Sequence[int] | None = None, pattern: Sequence[Sequence[int]] | None = None,
              stop_ids: Sequence[int] = (), temperature: float = 0.0, generator: torch.Generator | None = None,
              use_cache: bool = True, skip_forced: bool = True, restrict_head: bool = True,
-             ragged_prefill: bool = True, stats: dict | None = None, convention: str = "exact") -> list[list[int]]:
+             ragged_prefill: bool = True, convention: str = "exact") -> "Generated":
     """Continue each prompt by up to `max_new_tokens` tokens; return the new tokens of each, stop token excluded.
 
     Token choice: among `allowed_token_ids`, or, with `pattern`, among pattern[i % len(pattern)] for the
@@ -46,25 +46,19 @@ def generate(model: QwenForCausalLM, prompts: Sequence[Sequence[int]], max_new_t
     `skip_forced`, a position whose set holds one token is appended without a forward pass and fed
     together with the next position. With `ragged_prefill` prompts of different lengths are prefilled
     in groups of equal length, so no padding is computed. `use_cache=False` recomputes the whole sequence at every step
-    (the reference the cache is tested against). `stats`, if given, receives `forward_calls` and the
-    FLOPs spent, `flops`, under `convention` (padding computed is counted).
+    (the reference the cache is tested against). Returns the new tokens with what computing them cost
+    (`flops` under `convention`, padding computed counted, and `forward_calls`).
     """
     device = model.device
     ids, mask = left_pad(prompts, pad_id, device)
     B, P = ids.shape
-    if pattern is not None:
-        rules = [torch.as_tensor(list(r), dtype=torch.long, device=device) for r in pattern]
-    elif allowed_token_ids is not None:
-        rules = [torch.as_tensor(list(allowed_token_ids), dtype=torch.long, device=device)]
-    else:
-        rules = [None]
-    heads = [model.lm_head.weight[r] if r is not None and restrict_head else model.lm_head.weight for r in rules]
+    rules, heads = token_rules(model, pattern, allowed_token_ids, restrict_head)
     cache = KVCache(model.config, B, P + max_new_tokens, model.dtype, device) if use_cache else None
     out = torch.empty((B, 0), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stop = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)
     feed_ids, feed_mask = ids, mask  # tokens not yet seen by the model
-    counter = _FlopCounter(model, stats, convention)
+    counter = FlopCounter(model, convention)
     for i in range(max_new_tokens):
         rule, head = rules[i % len(rules)], heads[i % len(rules)]
         if skip_forced and use_cache and rule is not None and len(rule) == 1:
@@ -95,12 +89,26 @@ def generate(model: QwenForCausalLM, prompts: Sequence[Sequence[int]], max_new_t
         new_mask = torch.ones((B, 1), dtype=torch.long, device=device)
         feed_ids = token[:, None] if feed_ids is None else torch.cat([feed_ids, token[:, None]], 1)
         feed_mask = new_mask if feed_mask is None else torch.cat([feed_mask, new_mask], 1)
-    stop_set = set(stop_ids)
-    results = []
-    for row in out.tolist():
-        cut = next((i for i, t in enumerate(row) if t in stop_set), len(row))
-        results.append(row[:cut])
-    return results
+    return Generated(cut_at_stop(out.tolist(), set(stop_ids)), counter.cost, counter.calls)
+
+
+def token_rules(model, pattern, allowed_token_ids, restrict_head: bool) -> tuple[list, list]:
+    """The token ids each new position may take (a list cycled through; [None]: any), and the LM head's
+    rows computed for each (only those ids with `restrict_head`, else the whole vocabulary)."""
+    device = model.device
+    if pattern is not None:
+        rules = [torch.as_tensor(list(r), dtype=torch.long, device=device) for r in pattern]
+    elif allowed_token_ids is not None:
+        rules = [torch.as_tensor(list(allowed_token_ids), dtype=torch.long, device=device)]
+    else:
+        rules = [None]
+    heads = [model.lm_head.weight[r] if r is not None and restrict_head else model.lm_head.weight for r in rules]
+    return rules, heads
+
+
+def cut_at_stop(rows: list[list[int]], stop: set[int]) -> list[list[int]]:
+    """Each row up to its first stop token (excluded)."""
+    return [row[:next((i for i, t in enumerate(row) if t in stop), len(row))] for row in rows]
 
 
 def prefill_by_length(model, cache: KVCache, ids: torch.Tensor, mask: torch.Tensor, counter) -> torch.Tensor:
@@ -156,23 +164,32 @@ def share_prefixes(prompts: Sequence[Sequence[int]]) -> dict[int, int]:
     return donors
 
 
-class _FlopCounter:
-    """Adds each forward call's FLOPs, from the model's own `flops()`, to a stats dict."""
+class Generated(list):
+    """What a decoding call returns: its outputs (a list: one per prompt, or per context), and what
+    computing them cost, from the modules' own `flops()`: `cost` (its forward FLOPs, `flops`, and
+    their linear-layer part, `cost.matmul`) and `forward_calls`."""
 
-    def __init__(self, model, stats: dict | None, convention: str):
-        self.model, self.stats, self.convention = model, stats, get_convention(convention)
-        if stats is not None:
-            stats.setdefault("forward_calls", 0)
-            stats.setdefault("flops", 0.0)
+    def __init__(self, outputs, cost: Cost, forward_calls: int):
+        super().__init__(outputs)
+        self.cost, self.forward_calls = cost, forward_calls
+
+    @property
+    def flops(self) -> float:
+        return self.cost.forward
+
+
+class FlopCounter:
+    """Adds up each forward call's Cost, from the model's own `flops()`, under `convention`."""
+
+    def __init__(self, model, convention: str = "exact"):
+        self.model, self.convention = model, get_convention(convention)
+        self.cost, self.calls = Cost(), 0
 
     def add(self, tokens: int, past: int, batch: int) -> None:
         """One forward of `batch` rows of `tokens` new tokens after `past` cached positions."""
-        if self.stats is not None:
-            self.stats["forward_calls"] += 1
-            self.stats["flops"] += batch * self.model.model.flops(tokens, self.convention, past).forward
+        self.calls += 1
+        self.cost += batch * self.model.model.flops(tokens, self.convention, past)
 
     def head(self, batch: int, rows: int) -> None:
         """The LM head on the last position of each row, over `rows` vocabulary rows."""
-        if self.stats is not None:
-            m = self.model
-            self.stats["flops"] += batch * self.convention.linear(1, m.lm_head.in_features, rows, False, False).forward
+        self.cost += batch * self.convention.linear(1, self.model.lm_head.in_features, rows, False, False)

@@ -1,11 +1,10 @@
-"""Where a model or tokenizer lives: a local directory, the offline `tiny-random` preset, or a hub id."""
+"""Where a model directory lives: a local path, or a hub id fetched once into the Hugging Face cache."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .errors import LoadError
-from .presets import PRESETS
 
 
 # what a model directory needs; *.json also brings tokenizer_config.json and the safetensors index
@@ -18,8 +17,9 @@ def looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and "\\" not in name
 
 
-def resolve_dir(name_or_path: str | Path) -> Path:
-    """A local directory as given, or the hub snapshot of `Org/name` (downloaded once, then cached)."""
+def resolve_dir(name_or_path: str | Path, alternatives: tuple[str, ...] = ()) -> Path:
+    """A local directory as given, or the hub snapshot of `Org/name` (downloaded once, then cached).
+    `alternatives`: other names the caller accepts (presets), listed when the name is none of these."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -27,8 +27,9 @@ def resolve_dir(name_or_path: str | Path) -> Path:
         return path
     name = str(name_or_path)
     if not looks_like_hub_id(name):
+        others = f", or one of {', '.join(alternatives)}" if alternatives else ""
         raise LoadError(f"{name}: no such directory (expected a local model directory, a hub id such as "
-                        f"Qwen/Qwen2.5-0.5B-Instruct, or a preset: {', '.join(PRESETS)})")
+                        f"Qwen/Qwen2.5-0.5B-Instruct{others})")
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError

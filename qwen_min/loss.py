@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = -100  # label value the loss skips (padding)
+from data.windows import IGNORE  # the label value the loss skips (padding)
+
 CHUNK_ELEMENTS = 2 ** 26  # logits per chunk at most: 64M floats, 256 MB
 
 

@@ -75,6 +75,7 @@ class KVCache:
     """
 
     def __init__(self, config: QwenConfig, batch: int, max_len: int, dtype: torch.dtype, device):
+        self.config = config
         shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -92,15 +93,11 @@ class KVCache:
     def repeated(self, times: int, length: int, max_len: int) -> "KVCache":
         """A new cache holding this one's first `length` positions with each row repeated `times`
         times in a row (row b becomes rows b*times to b*times + times-1), room for `max_len`."""
-        layers, batch, heads, _, dim = self.k.shape
-        out = KVCache.__new__(KVCache)
-        out.k = self.k.new_zeros((layers, batch * times, heads, max_len, dim))
-        out.v = torch.zeros_like(out.k)
+        out = KVCache(self.config, self.k.shape[1] * times, max_len, self.k.dtype, self.k.device)
         out.k[:, :, :, :length] = self.k[:, :, :, :length].repeat_interleave(times, 1)
         out.v[:, :, :, :length] = self.v[:, :, :, :length].repeat_interleave(times, 1)
-        out.valid = self.valid.new_zeros((batch * times, max_len))
         out.valid[:, :length] = self.valid[:, :length].repeat_interleave(times, 0)
-        out.length, out.max_len = length, max_len
+        out.length = length
         return out
 
 
@@ -280,7 +277,24 @@ class QwenModel(nn.Module):
                 + self.norm.flops(seq_len, convention))
 
 
-class QwenForCausalLM(nn.Module):
+class DecoderWithHead(nn.Module):
+    """What every model of the decoder (`self.model`) and a head answers alike."""
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (a tied head counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.norm.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The decoder's dtype (a head's layers may be fp32 beside a bf16 decoder, as LoRA trains them)."""
+        return self.model.norm.weight.dtype
+
+
+class QwenForCausalLM(DecoderWithHead):
     """The decoder and its LM head, tied to the input embedding when the config says so."""
 
     def __init__(self, config: QwenConfig):
@@ -319,18 +333,6 @@ class QwenForCausalLM(nn.Module):
         positions = seq_len if head_positions is None else head_positions
         return (self.model.flops(seq_len, convention, past) + self.head_flops(positions, convention)
                 + self.softmax_flops(positions, convention))
-
-    def num_parameters(self) -> int:
-        """Distinct parameters (the tied head counted once)."""
-        return sum(p.numel() for p in self.parameters())
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
 
 
 @torch.no_grad()

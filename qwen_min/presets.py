@@ -39,16 +39,23 @@ def default_encoding(name) -> str:
     return "continuous" if str(name) in SCRATCH else "digits"
 
 
-def check_encoding(encoding: str) -> None:
-    if encoding not in ENCODINGS:
+# encoding -> (the preset's tokenizer, by preset name; the head its model has: None for a language
+# model). The vocabulary a series is read in is a fact of the model, so it is kept here.
+KINDS = {
+    "digits": (lambda name: tiny_tokenizer(TINY_RANDOM) if name == TINY_RANDOM else number_tokenizer(), None),
+    "bins": (lambda name: bins_tokenizer(), None),
+    "continuous": (lambda name: number_tokenizer(), ValueSpec()),  # token embedding kept at 16 rows, unused
+}
+
+
+def kind(encoding: str):
+    if encoding not in KINDS:
         raise LoadError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+    return KINDS[encoding]
 
 
 def preset_tokenizer(name: str, encoding: str = "digits") -> Tokenizer:
-    check_encoding(encoding)
-    if encoding == "bins":
-        return bins_tokenizer()
-    return tiny_tokenizer(TINY_RANDOM) if name == TINY_RANDOM and encoding == "digits" else number_tokenizer()
+    return kind(encoding)[0](name)
 
 
 def preset_config(name: str, encoding: str = "digits") -> QwenConfig:
@@ -64,14 +71,18 @@ def preset_config(name: str, encoding: str = "digits") -> QwenConfig:
                       bos_token_id=tok.eos_id, eos_token_id=tok.eos_id)
 
 
+def preset_spec(encoding: str, spec: ValueSpec | None = None) -> ValueSpec | None:
+    """The head of a preset's model in `encoding`: `spec` (default its own) for a value model, None
+    for a language model (which has no head to choose)."""
+    head = kind(encoding)[1]
+    return (spec or head) if head is not None else None
+
+
 def preset_model(name: str, seed: int = 0, encoding: str = "digits",
                  spec: ValueSpec | None = None) -> QwenForCausalLM | QwenForValueForecasting:
     """The preset's network in `encoding` with fixed random weights (normal(0, 0.02) matrices);
     `spec`: a continuous model's head (default `ValueSpec()`)."""
     config = preset_config(name, encoding)
-    model = QwenForValueForecasting(config, spec or ValueSpec()) if encoding == "continuous" else QwenForCausalLM(config)
+    spec = preset_spec(encoding, spec)
+    model = QwenForCausalLM(config) if spec is None else QwenForValueForecasting(config, spec)
     return init_weights(model, seed=seed).eval()
-
-
-def tiny_random_model(seed: int = 0) -> QwenForCausalLM:
-    return preset_model(TINY_RANDOM, seed)

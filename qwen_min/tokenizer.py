@@ -16,7 +16,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
 from data.encodings import bin_words
-from data.files import atomic_write, write_text
+from data.files import atomic_write, read_json_object, write_text
 
 from .errors import LoadError
 
@@ -48,9 +48,6 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
@@ -139,12 +136,6 @@ def read_tokenizer(directory: Path, name: str) -> Tokenizer:
     eos = None
     config = directory / "tokenizer_config.json"
     if config.is_file():  # its pad token is the document separator Qwen trains with
-        try:
-            raw = json.loads(config.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LoadError(f"{config}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise LoadError(f"{config}: expected a JSON object, got {type(raw).__name__}")
-        eos = raw.get("pad_token")
+        eos = read_json_object(config, LoadError).get("pad_token")
         eos = eos if isinstance(eos, str) and tok.token_to_id(eos) is not None else None
     return Tokenizer(tok, name, eos)

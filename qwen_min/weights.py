@@ -1,8 +1,10 @@
 """Load and save models in the Hugging Face layout: config.json plus model.safetensors (or shards),
-tokenizer.json beside them; or make a preset's model, config and tokenizer on the fly."""
+tokenizer.json beside them; or make a preset's model, config and tokenizer on the fly. A name is
+resolved once, by `open_model`, into a `ModelSource` that answers everything else."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -10,16 +12,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from data.files import atomic_write, write_text
+from data.files import atomic_write, files_digest, read_json_object, write_text
 
 from .config import QwenConfig
 from .continuous import VALUE_SPACES, QwenForValueForecasting, ValueSpec
 from .errors import LoadError
 from .hub import resolve_dir
 from .model import QwenForCausalLM
-from .presets import default_encoding, is_preset, preset_config, preset_model, preset_tokenizer
+from .presets import PRESETS, default_encoding, is_preset, preset_config, preset_model, preset_spec, preset_tokenizer
 from .tokenizer import Tokenizer, read_tokenizer
 
+CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -59,49 +62,135 @@ def device_and_dtype(device: str, dtype: str | None = None) -> tuple[torch.devic
 VALUE_ARCHITECTURE = "QwenForValueForecasting"  # config.json's `architectures` of a continuous model
 
 
+class ModelSource:
+    """A model named once (`open_model`): a preset, made on the fly in any encoding, or a directory
+    in the Hugging Face layout (a local path, or a hub snapshot fetched once). Every later question
+    is answered here without resolving the name again: the config (`config.json` read and checked
+    once, when first asked), the continuous head it was saved with, the encoding it reads, its
+    tokenizer, its digest, and its weights (`load`) or its shape alone (`empty`)."""
+
+    def __init__(self, name: str, directory: Path | None = None):
+        self.name, self.directory = str(name), directory
+
+    @property
+    def preset(self) -> bool:
+        return self.directory is None
+
+    @property
+    def config_path(self) -> Path | None:
+        return None if self.preset else self.directory / CONFIG_FILE
+
+    @functools.cached_property
+    def _hf_config(self) -> dict:
+        return read_json_object(self.config_path, LoadError, what="config file")
+
+    def config(self, encoding: str | None = None) -> QwenConfig:
+        """The network's config: a preset's in `encoding` (default its own); a directory's own."""
+        if self.preset:
+            return preset_config(self.name, encoding or default_encoding(self.name))
+        return self._directory_config
+
+    @functools.cached_property
+    def _directory_config(self) -> QwenConfig:
+        return QwenConfig.from_dict(self._hf_config, source=str(self.config_path))
+
+    @functools.cached_property
+    def spec(self) -> ValueSpec | None:
+        """The head of a continuous model saved in the directory (config.json's value_components and
+        value_space; one saved before the space was a choice is linear); None for a language model,
+        and for a preset (continuous only when asked for)."""
+        if self.preset or not self.config_path.is_file():
+            return None
+        raw, path = self._hf_config, self.config_path
+        architectures = raw.get("architectures") or []
+        if not isinstance(architectures, list):
+            raise LoadError(f"{path}: architectures must be a list of class names, got {architectures!r}")
+        if VALUE_ARCHITECTURE not in architectures:
+            return None
+        k = raw.get("value_components")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise LoadError(f"{path}: value_components must be a positive integer, got {k!r}")
+        space = raw.get("value_space", "linear")
+        if space not in VALUE_SPACES:
+            raise LoadError(f"{path}: value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
+        return ValueSpec(k, space)
+
+    @property
+    def encoding(self) -> str:
+        """The encoding the model reads by itself: a directory's (continuous from config.json, bins
+        from a tokenizer of value tokens, else digits); a preset's default."""
+        if self.preset:
+            return default_encoding(self.name)
+        if self.spec is not None:
+            return "continuous"
+        return "bins" if self.tokenizer().value_words else "digits"
+
+    def tokenizer(self, encoding: str | None = None) -> Tokenizer:
+        """A preset's tokenizer in `encoding` (default its own), or the directory's tokenizer.json."""
+        if self.preset:
+            return preset_tokenizer(self.name, encoding or default_encoding(self.name))
+        return self._directory_tokenizer
+
+    @functools.cached_property
+    def _directory_tokenizer(self) -> Tokenizer:
+        return read_tokenizer(self.directory, self.name)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """What identifies the model's computation: a preset's name, else the SHA-256 of its config
+        and weights files."""
+        if self.preset:
+            return self.name
+        return files_digest([self.config_path, *sorted(self.directory.glob("*.safetensors"))])
+
+    def load(self, dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
+             encoding: str | None = None, spec: ValueSpec | None = None) -> QwenForCausalLM | QwenForValueForecasting:
+        """The model with its weights, in eval mode. A preset is made in `encoding` (default its own)
+        with `spec`'s head when continuous; a directory's config.json says its own kind.
+
+        A directory's model is built on the meta device, then the checked tensors are assigned: no
+        memory is spent on a random initialisation, and any error (missing file, unknown key, wrong
+        shape) is raised before a model exists."""
+        dtype = parse_dtype(dtype)
+        device = parse_device(str(device))  # 'cuda' on a CPU-only torch: one LoadError line, not an AssertionError
+        if self.preset:
+            return preset_model(self.name, encoding=encoding or default_encoding(self.name),
+                                spec=spec).to(device=device, dtype=dtype)
+        config, spec = self.config(), self.spec
+        state = load_state(self.directory, config, dtype, device, spec)
+        model = empty_model(config, spec)
+        model.load_state_dict(state, strict=spec is not None or not config.tie_word_embeddings, assign=True)
+        if spec is None:
+            model.tie_weights()
+        return model.eval()
+
+    def empty(self, encoding: str | None = None, spec: ValueSpec | None = None):
+        """The network `load` would return, on the meta device: its shape and FLOPs, no memory, no weights read."""
+        if self.preset:
+            encoding = encoding or default_encoding(self.name)
+            return empty_model(self.config(encoding), preset_spec(encoding, spec))
+        return empty_model(self.config(), self.spec)
+
+
+def open_model(name_or_path: str | Path) -> ModelSource:
+    """The model a name stands for: a preset (`tiny-random`, `scratch-1m`, `scratch-5m`,
+    `scratch-20m`), a local directory, or a hub id (its snapshot fetched once, then cached). The
+    name is resolved here and only here."""
+    if is_preset(name_or_path):
+        return ModelSource(str(name_or_path))
+    return ModelSource(str(name_or_path), resolve_dir(name_or_path, alternatives=PRESETS))
+
+
 def load_config(name_or_path: str | Path, encoding: str | None = None) -> QwenConfig:
-    """The config alone (no weights read): for FLOPs planning on the meta device. `encoding` picks
-    a preset's vocabulary (default: the preset's own); a directory's config says its own."""
-    if is_preset(name_or_path):
-        return preset_config(str(name_or_path), encoding or default_encoding(name_or_path))
-    return QwenConfig.from_json(resolve_dir(name_or_path) / "config.json")
-
-
-def value_spec(name_or_path: str | Path) -> ValueSpec | None:
-    """The head of a continuous model saved in a directory (config.json's value_components and
-    value_space; a model saved before the space was a choice is linear), None for a language model
-    (or a preset, which is continuous only when asked for)."""
-    if is_preset(name_or_path):
-        return None
-    path = resolve_dir(name_or_path) / "config.json"
-    raw = json.loads(path.read_text()) if path.is_file() else {}
-    if VALUE_ARCHITECTURE not in (raw.get("architectures") or []):
-        return None
-    k = raw.get("value_components")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise LoadError(f"{path}: value_components must be a positive integer, got {k!r}")
-    space = raw.get("value_space", "linear")
-    if space not in VALUE_SPACES:
-        raise LoadError(f"{path}: value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
-    return ValueSpec(k, space)
-
-
-def model_encoding(name_or_path: str | Path, encoding: str | None = None) -> str:
-    """The encoding a model reads: what its directory says (continuous from config.json, bins from a
-    tokenizer of value tokens, else digits); for a preset, `encoding` (its default when not given)."""
-    if is_preset(name_or_path):
-        return encoding or default_encoding(name_or_path)
-    if value_spec(name_or_path) is not None:
-        return "continuous"
-    return "bins" if load_tokenizer(name_or_path).value_words else "digits"
+    """The config alone (no weights read). `encoding` picks a preset's vocabulary (default: the
+    preset's own); a directory's config says its own."""
+    return open_model(name_or_path).config(encoding)
 
 
 def load_tokenizer(name_or_path: str | Path, encoding: str | None = None) -> Tokenizer:
     """Qwen's tokenizer from a directory holding tokenizer.json, a hub id, or a preset's tokenizer
     (in `encoding`, default the preset's own)."""
-    if is_preset(name_or_path):
-        return preset_tokenizer(str(name_or_path), encoding or default_encoding(name_or_path))
-    return read_tokenizer(resolve_dir(name_or_path), str(name_or_path))
+    return open_model(name_or_path).tokenizer(encoding)
 
 
 def empty_model(config: QwenConfig, spec: ValueSpec | None = None):
@@ -187,26 +276,8 @@ def load_pretrained(name_or_path: str | Path, dtype: str | torch.dtype = torch.f
     """A Qwen2-architecture model from a local Hugging Face directory, a hub id, or a preset
     (`tiny-random`, `scratch-1m`, `scratch-5m`, `scratch-20m`: see `presets`; `encoding`, default
     the preset's own, and `spec` (a continuous head) choose a preset's kind; a directory's config.json
-    says its own).
-
-    Built on the meta device, then the checked tensors are assigned: no memory is spent on a random
-    initialisation, and any error (missing file, unknown key, wrong shape) is raised before a model
-    exists. Returned in eval mode.
-    """
-    dtype = parse_dtype(dtype)
-    device = parse_device(str(device))  # 'cuda' on a CPU-only torch: one LoadError line, not an AssertionError
-    if is_preset(name_or_path):
-        return preset_model(str(name_or_path), encoding=encoding or default_encoding(name_or_path),
-                            spec=spec).to(device=device, dtype=dtype)
-    directory = resolve_dir(name_or_path)
-    config = QwenConfig.from_json(directory / "config.json")
-    spec = value_spec(directory)
-    state = load_state(directory, config, dtype, device, spec)
-    model = empty_model(config, spec)
-    model.load_state_dict(state, strict=spec is not None or not config.tie_word_embeddings, assign=True)
-    if spec is None:
-        model.tie_weights()
-    return model.eval()
+    says its own). Returned in eval mode; see `ModelSource.load`."""
+    return open_model(name_or_path).load(dtype, device, encoding, spec)
 
 
 def save_pretrained(model: QwenForCausalLM | QwenForValueForecasting, directory: str | Path, tokenizer=None) -> Path:
@@ -228,7 +299,7 @@ def save_state(config: QwenConfig, state: dict[str, torch.Tensor], directory: st
         hf_config.update(architectures=[VALUE_ARCHITECTURE], value_components=spec.components, value_space=spec.space)
     hf_config["torch_dtype"] = str(state["model.embed_tokens.weight"].dtype).removeprefix("torch.")
     atomic_write(directory / SINGLE_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    write_text(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
+    write_text(directory / CONFIG_FILE, json.dumps(hf_config, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save(directory)
     return directory

@@ -13,16 +13,15 @@ from pathlib import Path
 import pytest
 
 import eval as evaluation
+import reproduce
 import train
 from commandline import Parser
-from experiment.cli import plan_parser
 from flops import Ledger
 
 PARSERS = {  # the command as typed -> its parser
     "python train.py": lambda: train.run_parser(),
     "python train.py sweep": lambda: train.sweep_parser(),
-    "python train.py plan": lambda: plan_parser("python train.py plan"),
-    "python reproduce.py": lambda: plan_parser("python reproduce.py"),
+    "python reproduce.py": lambda: reproduce.parser(),
     "python eval.py": lambda: importlib.import_module("eval").parser(),
     "python bench.py": lambda: importlib.import_module("bench").parser(),
     "python -m flops": lambda: importlib.import_module("flops.__main__").table_parser(),
@@ -59,7 +58,7 @@ def test_help_states_every_default_and_has_examples(command):
 
 
 def test_subcommands_are_listed_in_the_parent_help():
-    assert "sweep" in train.run_parser().format_help() and "plan" in train.run_parser().format_help()
+    assert "sweep" in train.run_parser().format_help()
     assert "ledger" in PARSERS["python -m flops"]().format_help()
 
 

@@ -9,8 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from data import (DataError, decode, encode, load_series, make_splits, make_windows, prompt_and_target,
-                  scale_for, write_series)
+from data import DataError, decode, encode, load_series, make_splits, make_windows, prompt, scale_for, write_series
 from data.simulate import ensure_data, integrate, main as simulate_main, simulate, summary
 from data.windows import tokenize_series
 
@@ -208,13 +207,12 @@ def test_windows_stride_padding_and_mask():
     assert (w["attention_mask"][0] == 1).all()
 
 
-def test_prompt_ends_with_separator_and_target_follows():
+def test_prompt_is_the_context_ending_with_a_separator():
     values = np.arange(200, dtype=float).reshape(100, 2) / 100
-    prompt, target = prompt_and_target(values, ctx=40, horizon=20)
-    assert prompt.endswith(";") and prompt.count(";") == 40
-    np.testing.assert_array_equal(target, values[40:60])
-    with pytest.raises(ValueError, match="needs 120 points"):
-        prompt_and_target(values, ctx=100, horizon=20)
+    text = prompt(values, ctx=40)
+    assert text.endswith(";") and text.count(";") == 40
+    back, report = decode(text)
+    assert report.recovered == 40 and np.allclose(back, values[:40])
 
 
 @needs_qwen_tokenizer

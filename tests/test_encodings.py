@@ -20,15 +20,15 @@ import train
 from data import decode, encode, make_windows, scale_for
 from data.encodings import bin_words, jitter
 from data.windows import make_value_windows
-from experiment.costs import generation_bound
+from experiment.encodings import encoding_of
 from experiment.forecast import evaluate
-from experiment.runfolder import resume_settings
+from experiment.folders import resume_settings
 from experiment.settings import EvalSettings
 from flops import EXACT, Ledger
 from qwen_min import LoadError, load_pretrained, save_pretrained
 from qwen_min.continuous import LOG_IN_OPS, LOG_OFFSET, QwenForValueForecasting, ValueSpec, forecast_values, value_loss
 from qwen_min.tokenizer import bins_tokenizer, number_tokenizer
-from qwen_min.weights import load_tokenizer, model_encoding
+from qwen_min.weights import load_tokenizer, open_model
 
 from .test_flops import INPLACE_ADDMM
 
@@ -107,19 +107,18 @@ def test_continuous_forecast_charges_its_own_flops_per_call(space):
     then 3 forward calls per context for all 6 rows."""
     model = load_pretrained("tiny-random", encoding="continuous", spec=ValueSpec(1, space))
     series = torch.rand(2, 9, 2) * 5
-    stats = {}
-    outs = forecast_values(model, series, 4, contexts=[5, 9], samples=3, temperature=1.0, stats=stats)
-    assert [o.shape for o in outs] == [(2, 3, 4, 2)] * 2 and stats["forward_calls"] == 1 + 2 * 3
+    outs = forecast_values(model, series, 4, contexts=[5, 9], samples=3, temperature=1.0)
+    assert [o.shape for o in outs] == [(2, 3, 4, 2)] * 2 and outs.forward_calls == 1 + 2 * 3
     body = lambda n, past: model.model.flops(n, EXACT, past).forward  # noqa: E731
     to_log = LOG_IN_OPS * 2 if space == "log" else 0  # an add and a log per value
     embed = lambda n: 2 * n * 2 * 64 + n * 64 + n * to_log  # noqa: E731  (2 inputs -> 64 wide, and the bias)
     head = 4 * model.head_flops(1, EXACT).forward
     want = 2 * (body(9, 0) + embed(9)) + sum(6 * (sum(body(1, c + i) + embed(1) for i in range(3)) + head)
                                              for c in (5, 9))
-    assert stats["flops"] == pytest.approx(want, rel=1e-12)
+    assert outs.flops == pytest.approx(want, rel=1e-12)
     # the evaluation's FLOPs bound holds it
     s = EvalSettings(ctx=[5, 9], horizon=4, samples=3)
-    assert generation_bound(model, None, series, s, 1.0, EXACT, "continuous") >= stats["flops"]
+    assert encoding_of("continuous").bound(model, None, series, 1.0, s.task, EXACT) >= outs.flops
 
 
 def test_a_shared_context_forecasts_what_each_sample_s_own_prefill_does():
@@ -229,7 +228,7 @@ def test_continuous_run_learns_and_resume_equals_uninterrupted(series_file, tmp_
     vals = [m["val_loss"] for m in strip(whole / "run/metrics.jsonl") if m["val_loss"] is not None]
     assert vals[-1] < vals[0] - 0.5  # nats per step: it learns
     config = json.loads((whole / "run/config.json").read_text())
-    assert config["encoding"] == "continuous" and model_encoding(whole / "run/model_best") == "continuous"
+    assert config["encoding"] == "continuous" and open_model(whole / "run/model_best").encoding == "continuous"
     assert config["value_space"] == "log"  # the default
     del config["value_space"]  # a run from before the space was a choice modelled the values themselves
     (cut / "run/config.json").write_text(json.dumps(config))
@@ -269,7 +268,7 @@ def test_continuous_lora_on_a_language_model_saves_and_loads_value_layers(series
     assert cfg["modules_to_save"] == list(lora.VALUE_LAYERS) and cfg["r"] == 2
     saved = load_file(out / "adapter_last/adapter_model.safetensors")
     assert {"base_model.model.embed_values.weight", "base_model.model.value_head.bias"} <= set(saved)
-    assert lora.adapter_spec(out / "adapter_last") == ValueSpec(1, "log")
+    assert lora.Adapter(out / "adapter_last").spec == ValueSpec(1, "log")
     trained = json.loads((out / "config.json").read_text())["trainable_parameters"]
     lora_only = sum(v.numel() for k, v in saved.items() if "lora_" in k)
     assert trained == sum(v.numel() for v in saved.values()) > lora_only
@@ -282,7 +281,7 @@ def test_continuous_lora_on_a_language_model_saves_and_loads_value_layers(series
     old = tmp_path / "old_adapter"
     shutil.copytree(out / "adapter_last", old)
     save_file(saved, old / "adapter_model.safetensors", metadata={"format": "pt"})
-    assert lora.adapter_spec(old) == ValueSpec(1, "linear")
+    assert lora.Adapter(old).spec == ValueSpec(1, "linear")
     # and not onto the bare language model
     with pytest.raises(lora.adapter.LoadError, match="layer of a continuous model"):
         lora.load_adapter(load_pretrained(directory), out / "adapter_last")
@@ -365,12 +364,11 @@ def test_planned_costs_of_a_continuous_run_equal_the_run_s(series_file, tmp_path
     """What the sweep plans on the meta device is what the run charges (value layers trained in both)."""
     from experiment.costs import planned_run
     from experiment.trainer import Trainer
-    from qwen_min import load_config
 
     s = train.settings_from_argv(args(series_file, tmp_path, "--encoding", "continuous", "--chunk", "50",
                                       "--out", str(tmp_path / "run"), *extra))
     t = Trainer(s)
-    step, val = planned_run(s, load_config(s.model, s.encoding), t.prep.val_ids, "exact")
+    step, val = planned_run(s, open_model(s.model), encoding_of(s.encoding), t.prep.val_ids, "exact")
     assert (step, val) == (t.full_step, t.eval_flops)
     assert sum(p.numel() for p in t.params) > (0 if s.full else sum(
         p.numel() for n, p in t.model.named_parameters() if "lora_" in n))

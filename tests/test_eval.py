@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import eval as evaluation
-from experiment import forecast
+from experiment import encodings
 from experiment.scoring import score
 from data import step_pattern, write_series
 from data.baselines import ode_fit, persistence
 from data.simulate import integrate
-from qwen_min import generate, tiny_random_model
+from qwen_min import generate, load_pretrained
 from qwen_min.tokenizer import tiny_tokenizer
 
 
@@ -93,7 +93,7 @@ def number_pattern(tok, decimals=2):
 def test_grammar_holds_against_adversarial_logits(seed):
     """The head is rigged so that the model wants separators, letters or stop tokens everywhere."""
     tok = tiny_tokenizer()
-    model = tiny_random_model()
+    model = load_pretrained("tiny-random")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         w = model.lm_head.weight
@@ -110,18 +110,17 @@ def test_grammar_holds_against_adversarial_logits(seed):
 
 def test_forced_skipping_restricted_head_and_ragged_prefill_change_no_token():
     tok = tiny_tokenizer()
-    model = tiny_random_model()
+    model = load_pretrained("tiny-random")
     with torch.no_grad():
         model.lm_head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
     prompts = [tok.encode("0.68,0.75;0.53,0.56;0.41,0.38;"), tok.encode("2.00,1.00;")]
-    fast, slow = {}, {}
-    a = generate(model, prompts, 60, pad_id=tok.pad_id, pattern=number_pattern(tok), stats=fast)
+    a = generate(model, prompts, 60, pad_id=tok.pad_id, pattern=number_pattern(tok))
     b = generate(model, prompts, 60, pad_id=tok.pad_id, pattern=number_pattern(tok), skip_forced=False,
-                 restrict_head=False, ragged_prefill=False, stats=slow)
+                 restrict_head=False, ragged_prefill=False)
     assert a == b
     # 6 free tokens per 10-token step; the two prompt lengths are prefilled as two groups
-    assert fast["forward_calls"] == 36 + 1 and slow["forward_calls"] == 60
-    assert fast["flops"] < slow["flops"]
+    assert a.forward_calls == 36 + 1 and b.forward_calls == 60
+    assert a.flops < b.flops
 
 
 # --- metrics and baselines -------------------------------------------------------------------------
@@ -166,21 +165,21 @@ def test_stopped_run_charges_the_batches_it_generated(series_file, tmp_path, mon
     assert evaluation.main(argv("whole.json", "whole")) == 0
     whole = Ledger.open(tmp_path / "whole.json").total
 
-    calls, real_generate = [], forecast.generate
+    calls, real_generate = [], encodings.generate
 
     def stop_on_second(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real_generate(*args, **kwargs)
-    monkeypatch.setattr(forecast, "generate", stop_on_second)
+    monkeypatch.setattr(encodings, "generate", stop_on_second)
     assert evaluation.main(argv("stopped.json", "stopped")) == 130
     assert "stopped: no results written" in capsys.readouterr().err
     assert not (tmp_path / "stopped").exists()
     first = Ledger.open(tmp_path / "stopped.json").total
     assert 0 < first < whole
 
-    monkeypatch.setattr(forecast, "generate", real_generate)
+    monkeypatch.setattr(encodings, "generate", real_generate)
     assert evaluation.main(argv("stopped.json", "stopped")) == 0
     assert Ledger.open(tmp_path / "stopped.json").total == pytest.approx(whole)
     assert json.loads((tmp_path / "stopped" / "results.json").read_text())["flops"] == pytest.approx(whole)

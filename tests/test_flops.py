@@ -13,7 +13,7 @@ import lora
 from flops import COURSEWORK, EXACT, BudgetExceeded, Cost, Ledger
 from flops.__main__ import main as flops_main
 from flops.ledger import LedgerError
-from experiment.costs import meta_model
+from experiment.models import meta_model
 from flops.report import REPORT_TABLE3, as_json, component_table
 
 from .conftest import tiny_config, tiny_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwen_min import generate, load_pretrained, tiny_random_model
+from qwen_min import generate, load_pretrained, preset_model
 from qwen_min.tokenizer import tiny_tokenizer
 
 from .conftest import tiny_model
@@ -71,7 +71,7 @@ def test_sampling_follows_the_generator():
 
 
 def test_tiny_random_preset_is_fixed_and_matches_its_tokenizer():
-    a, b = tiny_random_model(), load_pretrained("tiny-random")
+    a, b = preset_model("tiny-random"), load_pretrained("tiny-random")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     tok = tiny_tokenizer()
     assert a.config.vocab_size >= tok.vocab_size
@@ -117,10 +117,9 @@ def test_prefixes_and_repeats_are_prefilled_once():
     # long (row 1) is computed; its start serves rows 0 and 4, its copy row 3; [12, 3] is [12, 3, 4]'s start
     assert share_prefixes(prompts) == {0: 1, 3: 1, 4: 1, 2: 5}
     model = tiny_model(std=0.5)
-    shared, plain = {}, {}
-    together = generate(model, prompts, 10, pad_id=0, stats=shared)
+    together = generate(model, prompts, 10, pad_id=0)
     alone = [generate(model, [p], 10, pad_id=0, ragged_prefill=False) for p in prompts]
     assert together == [a[0] for a in alone]
-    generate(model, [long, [12, 3, 4]], 10, pad_id=0, stats=plain)
+    plain = generate(model, [long, [12, 3, 4]], 10, pad_id=0)
     # the prefill costs what the two computed prompts cost; the six rows decode together afterwards
-    assert shared["forward_calls"] == plain["forward_calls"]
+    assert together.forward_calls == plain.forward_calls

@@ -14,8 +14,9 @@ import eval as evaluation
 import train
 from data import write_series
 from data.files import atomic_write
+from experiment import encodings as encodings_module
 from experiment import trainer as trainer_module
-from experiment.runfolder import FolderLock
+from experiment.folders import FolderLock, RunFolder
 from flops import COURSEWORK, Ledger
 
 SERIES = (30, 4)  # systems, seed of the simulated file (conftest.series_file)
@@ -47,7 +48,7 @@ def test_two_runs_with_one_name_are_both_charged(series_file, tmp_path):
 
 def test_a_run_folder_is_used_by_one_process_at_a_time(series_file, tmp_path, capsys):
     out = tmp_path / "run"
-    lock = FolderLock(out)  # what a first process holds while it runs
+    lock = FolderLock(RunFolder(out))  # what a first process holds while it runs
     try:
         assert train.main(train_args(series_file, tmp_path / "l.json", out)) == 2
     finally:
@@ -64,10 +65,12 @@ def test_training_charges_in_the_ledgers_convention(series_file, tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     import torch
 
-    from experiment.trainer import build_model
+    from experiment.encodings import encoding_of
+    from experiment.models import run_model
+    from qwen_min import open_model
 
     settings = train.settings_from_argv(train_args(series_file, ledger, tmp_path / "other"))
-    model = build_model(settings, "cpu", torch.float32, 0)
+    model = run_model(settings, open_model(settings.model), encoding_of(settings.encoding), "cpu", torch.float32)
     assert config["flops_per_full_step"] == 2 * model.flops(128, COURSEWORK, head_positions=127).training
     assert Ledger.open(ledger).total == pytest.approx(summary(tmp_path / "run")["flops"], rel=1e-12)
 
@@ -190,13 +193,13 @@ def test_ctrl_c_in_a_validation_pass_keeps_the_steps_row(series_file, tmp_path, 
 def test_a_run_whose_loss_diverges_stops_and_keeps_its_last_good_checkpoint(series_file, tmp_path, capsys,
                                                                              monkeypatch):
     run = tmp_path / "run"
-    real, calls = trainer_module.lm_loss, []
+    real, calls = encodings_module.lm_loss, []
 
     def diverge_at_step_3(model, ids, labels):
         calls.append(1)
         loss, n = real(model, ids, labels)
         return (loss * float("nan") if len(calls) == 3 else loss), n
-    monkeypatch.setattr(trainer_module, "lm_loss", diverge_at_step_3)
+    monkeypatch.setattr(encodings_module, "lm_loss", diverge_at_step_3)
     argv = train_args(series_file, tmp_path / "l.json", run, "--max-steps", "50", "--checkpoint-every", "1",
                       "--eval-every", "100")
     assert train.main(argv) == 1
@@ -255,7 +258,7 @@ def test_property_ledger_equals_what_was_computed_and_stays_within_budget(series
                         raise Killed
                     return real_record(self, *args, **kwargs)
                 monkeypatch.setattr(trainer_module.Trainer, "record", record)
-            lock = FolderLock(out) if kind == "busy" else None
+            lock = FolderLock(RunFolder(out)) if kind == "busy" else None
             try:
                 train.main(train_args(series_file, ledger, out, *extra))
             except Killed:

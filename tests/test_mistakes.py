@@ -16,7 +16,7 @@ import eval as evaluation
 import train
 from data import write_series
 from flops import Ledger
-from qwen_min import QwenConfig, save_pretrained, tiny_random_model
+from qwen_min import QwenConfig, load_pretrained, save_pretrained
 from qwen_min.tokenizer import tiny_tokenizer
 
 from .conftest import QWEN_TOKENIZER, needs_qwen_tokenizer, tiny_model
@@ -285,12 +285,12 @@ def test_adapter_configs(series_file, tmp_path, capsys, change, message):
 def test_adapter_without_alpha_is_peft_default(tmp_path):
     import lora
 
-    model = lora.inject(tiny_random_model(), rank=4, verbose=False)
+    model = lora.inject(load_pretrained("tiny-random"), rank=4, verbose=False)
     lora.save_adapter(model, tmp_path / "a")
     cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     del cfg["lora_alpha"]
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
-    loaded = lora.load_adapter(tiny_random_model(), tmp_path / "a")
+    loaded = lora.load_adapter(load_pretrained("tiny-random"), tmp_path / "a")
     assert lora.lora_config(loaded)["lora_alpha"] == 8  # peft's LoraConfig default, not the rank
 
 

@@ -48,7 +48,7 @@ def test_official_configs_read_to_the_defaults(name):
     for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "head_dim", "rope_theta", "rms_norm_eps", "tie_word_embeddings"):
         assert getattr(config, field) == getattr(defaults, field)
-    assert config.kv_groups == 7
+    assert config.num_attention_heads // config.num_key_value_heads == 7  # query heads per key/value head
 
 
 def test_config_reads_transformers_5_rope_parameters(tmp_path):

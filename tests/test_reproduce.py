@@ -22,14 +22,14 @@ SERIES = (40, 11)  # systems, seed of the simulated file (conftest.series_file)
 
 
 def plan_args(series_file, out, budget=BUDGET):
-    return ["plan", "--model", "tiny-random", "--data", str(series_file), "--budget", budget, "--out", str(out),
+    return ["--model", "tiny-random", "--data", str(series_file), "--budget", budget, "--out", str(out),
             "--lrs", "1e-3", "1e-2", "--ranks", "2", "4", "--eval-limit", "3", "--val-limit", "3", "--eval-every", "20",
             "--plot-systems", "0", "1", "--quiet"]
 
 
 def start(args):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], env=env, cwd=ROOT,
+    return subprocess.Popen([sys.executable, str(ROOT / "reproduce.py"), *args], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -89,12 +89,12 @@ def test_ctrl_c_in_a_training_run_stops_the_plan(series_file, tmp_path, monkeypa
 
     started = []
 
-    def interrupted_run(a):
+    def interrupted_run(a, source=None):
         started.append(a.name)
         return {"name": a.name, "complete": False, "stopped": "interrupted at step 3", "interrupted": True}
     monkeypatch.setattr(experiment.plan, "train", interrupted_run)
     out = tmp_path / "plan"
-    assert reproduce.main(plan_args(series_file, out)[1:]) == 130
+    assert reproduce.main(plan_args(series_file, out)) == 130
     assert "stopped: the same command continues from here" in capsys.readouterr().err
     assert len(started) == 1 and not (out / "report.md").exists()
     assert not (out / started[0] / "results.json").exists() and not any(out.glob("eval-default*"))
@@ -104,6 +104,6 @@ def test_bad_device_is_refused_before_anything_is_written(series_file, tmp_path,
     import reproduce
 
     out = tmp_path / "plan"
-    assert reproduce.main([*plan_args(series_file, out)[1:], "--device", "tpu"]) == 2
+    assert reproduce.main([*plan_args(series_file, out), "--device", "tpu"]) == 2
     assert capsys.readouterr().err.strip() == "error: unknown device 'tpu'; expected cpu, cuda or cuda:N"
     assert not out.exists()

@@ -10,10 +10,11 @@ import torch
 import eval as evaluation
 import train
 from experiment.batches import prepare_data
-from experiment.runfolder import resume_settings
-from experiment.trainer import build_model
+from experiment.folders import resume_settings
+from experiment.encodings import encoding_of
+from experiment.models import run_model
 from flops import EXACT, Ledger
-from qwen_min import QwenForValueForecasting, load_pretrained, load_tokenizer
+from qwen_min import QwenForValueForecasting, load_pretrained, load_tokenizer, open_model
 
 
 def test_number_vocabulary():
@@ -55,8 +56,8 @@ def test_full_training_on_fresh_systems_then_eval(series_file, tmp_path):
 
     # every weight trains: the ledger pays the full backward, twice each linear layer's forward matmuls
     a = train.settings_from_argv(argv)
-    prep = prepare_data(a, load_tokenizer("scratch-1m", "digits"))
-    model = build_model(a, torch.device("cpu"), torch.float32, a.seed)
+    prep = prepare_data(a, load_tokenizer("scratch-1m", "digits"), encoding_of(a.encoding))
+    model = run_model(a, open_model(a.model), encoding_of(a.encoding), torch.device("cpu"), torch.float32)
     cost = model.flops(256, EXACT)
     assert cost.backward >= 2 * cost.matmul
     expected = 0.0

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from data.encodings import ENCODINGS as ENCODING_NAMES
+
 from .conftest import ROOT
 
 SKIP_DIRS = {"tests", "build", "dist", "runs", "__pycache__"}
@@ -120,7 +122,7 @@ def test_the_graph_sees_lazy_and_relative_imports():
     assert {"train", "eval", "reproduce", "bench", "flops.__main__", "qwen_min.__main__"} <= scripts
     assert "experiment.trainer" in edges["train"]
     assert "flops.conventions" in edges["qwen_min.model"]
-    assert "experiment.costs" in edges["flops.__main__"]
+    assert "experiment.models" in edges["flops.__main__"]
     assert {"experiment.settings", "experiment.batches"} <= edges["experiment.trainer"]
 
 
@@ -151,17 +153,64 @@ def test_a_package_main_may_import_upward(tmp_path):
     assert violations(write(tmp_path, files)) == []
 
 
-def test_scripts_are_short_and_functions_fit_on_a_screen():
+def test_scripts_are_short_files_fit_in_a_sitting_and_functions_on_a_screen():
     """train.py, eval.py and reproduce.py are argument parsing over the library: at most 250 lines;
-    no function of the project over 90 lines."""
+    no other file of the project over 400 lines, no function over 60."""
     for script in ("train.py", "eval.py", "reproduce.py"):
         assert len((ROOT / script).read_text().splitlines()) <= 250, script
     long = []
     for name, path in project_modules(ROOT).items():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 90:
+        text = path.read_text()
+        if len(text.splitlines()) > 400:
+            long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert long == []
+
+
+ENCODINGS_MODULE = "experiment.encodings"  # the one module that may ask an encoding its name
+
+
+def asks_the_name(root: Path, exempt: str = ENCODINGS_MODULE, names=tuple(ENCODING_NAMES),
+                  kind="QwenForValueForecasting") -> list[str]:
+    """Where a library module other than `exempt` compares something with an encoding's name
+    (==, !=, in) or tests isinstance(..., QwenForValueForecasting): 'module:line' each."""
+    _, scripts = graph(root)
+    found = []
+    for name, path in project_modules(root).items():
+        if name in scripts or name == exempt:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                consts = [c for s in sides for c in ([s] if isinstance(s, ast.Constant) else
+                                                     getattr(s, "elts", []) if isinstance(s, (ast.Tuple, ast.List, ast.Set)) else [])]
+                if any(isinstance(c, ast.Constant) and c.value in names for c in consts):
+                    found.append(f"{name}:{node.lineno}")
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance"
+                  and len(node.args) == 2 and kind in ast.unparse(node.args[1])):
+                found.append(f"{name}:{node.lineno}")
+    return found
+
+
+def test_the_library_asks_an_encoding_object_not_its_name():
+    """An encoding is chosen by name once (experiment.encodings) and then only called: at most 3
+    places elsewhere in the library compare a name or test for the continuous model."""
+    places = asks_the_name(ROOT)
+    assert len(places) <= 3, places
+
+
+@pytest.mark.parametrize("code, hits", [
+    ("def f(s):\n    return s.encoding == 'continuous'\n", 1),
+    ("def f(e):\n    return e in ('bins', 'digits')\n", 1),
+    ("def f(m):\n    return isinstance(m, QwenForValueForecasting)\n", 1),
+    ("def f(e):\n    return e.trained_layers\n", 0),
+])
+def test_the_encoding_rule_sees_each_way_of_asking_the_name(tmp_path, code, hits):
+    tree = write(tmp_path, {"lib/__init__.py": "", "lib/a.py": code, "lib/encodings.py": code})
+    found = asks_the_name(tree, exempt="lib.encodings")
+    assert len(found) == hits and all(f.startswith("lib.a:") for f in found)
 
 
 def test_the_command_line_parser_imports_nothing_of_the_project():

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from experiment.batches import batch_indices, prepare_data
-from experiment.trainer import build_model
+from experiment.batches import prepare_data
+from experiment.encodings import encoding_of
+from experiment.models import run_model
 from flops import EXACT, Ledger
 
 from .conftest import ROOT
@@ -45,14 +46,13 @@ def test_training_lowers_validation_loss_and_charges_exact_flops(series_file, tm
 
     # the FLOPs the ledger holds are exactly what `flops` computes for those batches and validations
     a = train.settings_from_argv(argv)
-    from qwen_min import load_tokenizer
+    from qwen_min import load_tokenizer, open_model
 
-    prep = prepare_data(a, load_tokenizer("tiny-random"))
-    model = build_model(a, torch.device("cpu"), torch.float32, a.seed)
-    n = len(prep.windows["labels"])
+    prep = prepare_data(a, load_tokenizer("tiny-random"), encoding_of(a.encoding))
+    model = run_model(a, open_model(a.model), encoding_of(a.encoding), torch.device("cpu"), torch.float32)
     expected = 0.0
     for step in range(1, 201):
-        labels = prep.windows["labels"][batch_indices(step, 4, n, a.seed)]
+        _, labels = prep.batch(step, 4, a.seed)
         for k in (labels[:, 1:] != -100).sum(1).tolist():
             expected += model.flops(128, EXACT, head_positions=k).training
     expected += 4 * sum(model.flops(len(ids), EXACT, head_positions=len(ids) - 1).forward for ids in prep.val_ids)
@@ -60,7 +60,7 @@ def test_training_lowers_validation_loss_and_charges_exact_flops(series_file, tm
     assert ledger.total == pytest.approx(expected, rel=1e-12)
     assert metrics[-1]["flops"] == pytest.approx(expected, rel=1e-12)
     run_id = json.loads((out / "config.json").read_text())["run_id"]
-    assert list(ledger.named(a.name)) == [run_id] and ledger.entry(run_id)["steps"] == 200
+    assert list(ledger.named(a.name)) == [run_id] and ledger.experiments[run_id]["steps"] == 200
 
 
 def run_cli(args, **kw):

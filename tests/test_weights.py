@@ -170,3 +170,39 @@ def test_hub_id_loads_from_the_cache_offline(model_dir, tmp_path):
     out = run_offline(code, tmp_path / "hf")
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == tiny_model().num_parameters()
+
+
+@pytest.mark.parametrize("encoding", ["digits", "continuous"])
+def test_a_model_is_resolved_once_per_training_run_and_once_per_evaluation(series_file, tmp_path, monkeypatch,
+                                                                           encoding):
+    """The name is resolved (a hub id would be fetched) and config.json read once per command: every
+    later question goes to the one ModelSource."""
+    import eval as evaluation
+    import train
+    from qwen_min import ModelSource, load_tokenizer
+    from qwen_min import weights
+
+    directory = tmp_path / "qwen"
+    save_pretrained(load_pretrained("tiny-random"), directory, tokenizer=load_tokenizer("tiny-random"))
+    calls = {"opened": [], "resolved": [], "config read": []}
+
+    def counting(kind, real, keep=lambda *a: True):
+        def wrapper(*args, **kwargs):
+            if keep(*args):
+                calls[kind].append(args)
+            return real(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(ModelSource, "__init__", counting("opened", ModelSource.__init__))
+    monkeypatch.setattr(weights, "resolve_dir", counting("resolved", weights.resolve_dir))
+    monkeypatch.setattr(weights, "read_json_object", counting(
+        "config read", weights.read_json_object, lambda path, *a: path.name == "config.json"))
+    common = ["--data", str(series_file), "--ledger", str(tmp_path / "ledger.json"), "--quiet"]
+    assert train.main(["--model", str(directory), "--encoding", encoding, "--chunk", "60", "--rank", "2",
+                       "--max-steps", "2", "--val-limit", "2", "--out", str(tmp_path / "run"), *common]) == 0
+    assert {k: len(v) for k, v in calls.items()} == {"opened": 1, "resolved": 1, "config read": 1}
+    for found in calls.values():
+        found.clear()
+    assert evaluation.main(["--model", str(directory), "--adapter", str(tmp_path / "run"), "--limit", "2",
+                            "--ctx", "20", "--horizon", "3", "--baselines", "persistence",
+                            "--out", str(tmp_path / "eval"), *common]) == 0
+    assert {k: len(v) for k, v in calls.items()} == {"opened": 1, "resolved": 1, "config read": 1}

@@ -1,0 +1,320 @@
+"""The folders the library writes, each an object that owns every file name of its layout: a training
+run's (`RunFolder`), an evaluation's (`EvalFolder`) and the plan's (`PlanFolder`). Nothing else in
+the library spells one of these names.
+
+A folder is a run when it holds config.json and checkpoint.pt (a checkpoint of step 0 is written
+before the first step, so a run killed at any point is one). It is continued only by the same
+settings and the same data file (its SHA-256 is kept), and only by one process at a time: the run
+holds an exclusive lock on `.lock` while it works. Anything else in the way (a file, a model
+directory, a run whose checkpoint was deleted) is refused, never overwritten.
+
+The run id, made when the run starts and kept in config.json, is the run's key in the ledger: a
+second run with the same name (other --out, seed, data...) is charged for what it computes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lora
+from data.files import atomic_write, read_json_object, remove_leftovers, write_text
+from qwen_min import save_pretrained
+
+from .errors import UsageError
+from .settings import TrainSettings, as_config, first_difference, from_config
+
+# what a run from before --encoding computed: digit text (a continuous run always says so); a
+# continuous run from before --value-space modelled the values themselves
+BEFORE_ENCODINGS = {"encoding": "digits", "components": 1, "value_space": "linear"}
+
+CHECKPOINT_KEYS = {"trainable": dict, "optimizer": dict, "step": int, "best_val": float, "tokens": int,
+                   "seconds": float, "flops": float, "rng": dict}
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def check_writable(folder: Path, flag: str = "--out") -> None:
+    """Refuse a folder that can't be written (or created) before any work is done in its name."""
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {folder}: {probe} is not writable")
+
+
+class RunFolder:
+    """A training run's folder: config.json (settings, split, scale), checkpoint.pt, metrics.jsonl (a
+    line per step), the weights (adapter_best/ and adapter_last/ in the PEFT layout, or model_best/
+    and model_last/ for --full), loss.png, summary.json, and .lock while a process works there."""
+
+    CONFIG, CHECKPOINT, METRICS, SUMMARY, LOSS_PLOT, LOCK = (
+        "config.json", "checkpoint.pt", "metrics.jsonl", "summary.json", "loss.png", ".lock")
+    WEIGHTS = ("adapter_best", "adapter_last", "model_best", "model_last")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def containing(cls, weights: Path) -> "RunFolder | None":
+        """The run a weights folder (adapter_best/, ...) belongs to, or None if it is not a run's."""
+        run = cls(Path(weights).parent)
+        return run if Path(weights).name in cls.WEIGHTS and (run.path / cls.CONFIG).is_file() else None
+
+    def weights(self, kind: str, full: bool) -> Path:
+        """The best or last weights: model_{kind}/ for a full run, else adapter_{kind}/."""
+        return self.path / f"{'model' if full else 'adapter'}_{kind}"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.path / self.LOSS_PLOT
+
+    def files(self, full: bool) -> dict[str, Path]:
+        """A run's outputs, by what they are."""
+        kind = "model" if full else "adapter"
+        return {f"best {kind}": self.weights("best", full), f"last {kind}": self.weights("last", full),
+                "metrics": self.path / self.METRICS, "loss plot": self.loss_plot,
+                "summary": self.path / self.SUMMARY, "settings": self.path / self.CONFIG,
+                "checkpoint": self.path / self.CHECKPOINT}
+
+    # --- what the folder holds ---------------------------------------------------------------------
+    def is_run(self) -> bool:
+        """Whether the folder is a run that can be continued; refuses a folder that is in the way.
+        False for a folder that does not exist or is empty (a new run starts there)."""
+        out = self.path
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out}: is a file, not a run folder")
+        if not out.exists():
+            return False
+        present = {p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))}
+        if not present - {self.LOCK}:
+            return False
+        if {self.CONFIG, self.CHECKPOINT} <= present:
+            return True
+        missing = self.CHECKPOINT if self.CONFIG in present else self.CONFIG
+        raise UsageError(f"--out {out}: holds files but no run to continue (no {missing}); choose another --out, "
+                         f"or empty the folder to start there")
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.exists()
+
+    def read_config(self) -> dict:
+        saved = read_json_object(self.path / self.CONFIG, UsageError, what="run's config.json")
+        return {**BEFORE_ENCODINGS, **saved}
+
+    def encoding(self) -> str:
+        """The encoding the run recorded (digits for a run from before there was a choice)."""
+        return self.read_config()["encoding"]
+
+    def same_run(self, s: TrainSettings, saved: dict, data_sha256: str) -> None:
+        """A checkpoint is only continued by the run that wrote it: refuse other settings or another data file."""
+        k = first_difference(s, saved)
+        if k is not None:
+            raise UsageError(f"{self.path} holds a run with other settings ({k}: {saved[k]!r} there, "
+                             f"{getattr(s, k)!r} now); choose another --out, or --resume {self.path} to continue it")
+        if saved.get("data_sha256", data_sha256) != data_sha256:
+            raise UsageError(f"{self.path}: the data file {s.data} changed since this run started (SHA-256 "
+                             f"{saved['data_sha256'][:12]}... then, {data_sha256[:12]}... now); choose another --out")
+
+    def summary(self) -> dict | None:
+        """summary.json's content, or None before the run has written one."""
+        path = self.path / self.SUMMARY
+        return read_json_object(path, UsageError) if path.exists() else None
+
+    def finished(self) -> dict | None:
+        """The summary of the complete run here, or None if there is none (not started, or stopped)."""
+        summary = self.summary()
+        return summary if summary and summary.get("complete") else None
+
+    def read_checkpoint(self, trainable: dict[str, torch.Tensor]) -> dict:
+        """checkpoint.pt, read with weights_only=True (tensors and plain values: a file that would run
+        code is refused), checked against the run's trainable parameters {name: tensor}."""
+        path = self.path / self.CHECKPOINT
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle, zip and EOF errors all mean the same to the user
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise UsageError(f"{path}: not a readable checkpoint of this project ({type(e).__name__}: {first})") from None
+        if not isinstance(ckpt, dict) or any(not isinstance(ckpt.get(k), (t, int) if t is float else t)
+                                             for k, t in CHECKPOINT_KEYS.items()):
+            raise UsageError(f"{path}: not a checkpoint of this project (expected {', '.join(CHECKPOINT_KEYS)})")
+        stored = ckpt["trainable"]
+        for name, param in trainable.items():
+            value = stored.get(name)
+            if not isinstance(value, torch.Tensor) or value.shape != param.shape:
+                got = None if not isinstance(value, torch.Tensor) else tuple(value.shape)
+                raise UsageError(f"{path}: {name} is {got} there, the run trains {tuple(param.shape)}: the "
+                                 f"checkpoint is of another model or LoRA rank")
+        if set(stored) != set(trainable):
+            raise UsageError(f"{path}: holds parameters this run does not train ({sorted(set(stored) - set(trainable))[0]})")
+        return ckpt
+
+    def read_metrics(self, upto: int | None = None) -> list[dict]:
+        path = self.path / self.METRICS
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if upto is None or r["step"] <= upto]
+
+    # --- writing -----------------------------------------------------------------------------------
+    def write_config(self, config: dict) -> None:
+        write_text(self.path / self.CONFIG, json.dumps(config, indent=1) + "\n")
+
+    def write_checkpoint(self, state: dict) -> None:
+        atomic_write(self.path / self.CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        write_text(self.path / self.METRICS, "".join(json.dumps(m) + "\n" for m in rows))
+
+    def append_metrics(self, row: dict) -> None:
+        with open(self.path / self.METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def write_summary(self, summary: dict) -> None:
+        write_text(self.path / self.SUMMARY, json.dumps(summary, indent=1) + "\n")
+
+    def save_weights(self, model, kind: str, full: bool, tokenizer, base_model: str) -> None:
+        """A full run's whole model with its tokenizer (Hugging Face layout), else its adapter (PEFT layout)."""
+        if full:
+            save_pretrained(model, self.weights(kind, full), tokenizer=tokenizer)
+        else:
+            lora.save_adapter(model, self.weights(kind, full), base_model_name_or_path=base_model)
+
+
+class FolderLock:
+    """An exclusive lock on the run folder for as long as the run works in it."""
+
+    def __init__(self, folder: RunFolder):
+        out = folder.path
+        out.mkdir(parents=True, exist_ok=True)
+        self.file = open(out / folder.LOCK, "a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise UsageError(f"--out {out}: another process is running in this folder; wait for it to end, "
+                             f"or choose another --out") from None
+        remove_leftovers(out, recursive=True)  # temporary files of writes a killed run left
+
+    def release(self) -> None:
+        self.file.close()
+
+
+def resume_settings(directory: str | Path, **given) -> TrainSettings:
+    """The settings of the run in `directory`, with the flags the user gave (`given`) over them."""
+    run = RunFolder(directory)
+    if not run.is_run():
+        raise UsageError(f"--resume {directory}: no run there (expected {run.CONFIG} and {run.CHECKPOINT})")
+    saved = from_config(TrainSettings, run.read_config())
+    return TrainSettings(**{**as_config(saved), **given, "out": str(run.path.resolve())})
+
+
+class EvalFolder:
+    """An evaluation's folder: results.json (every score), results.md (the table), forecasts.npz
+    (every forecast's median and quantiles, for later figures) and the two figures."""
+
+    RESULTS, TABLE, FORECASTS, FORECAST_PLOT, HORIZON_PLOT = (
+        "results.json", "results.md", "forecasts.npz", "forecasts.png", "mae_vs_horizon.png")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def files(self) -> dict[str, Path]:
+        return {name: self.path / name for name in (self.TABLE, self.RESULTS, self.FORECAST_PLOT, self.HORIZON_PLOT,
+                                                    self.FORECASTS)}
+
+    def results(self) -> dict | None:
+        """results.json's content, or None before the evaluation has written it."""
+        path = self.path / self.RESULTS
+        return read_json_object(path, UsageError) if path.exists() else None
+
+    def forecasts(self):
+        """forecasts.npz, or None."""
+        path = self.path / self.FORECASTS
+        return np.load(path) if path.exists() else None
+
+    def write(self, results: dict, table: str, arrays: dict) -> None:
+        """results.json, forecasts.npz and results.md, each atomically (the figures are drawn to their paths)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(self.path / self.RESULTS, json.dumps(results, indent=1) + "\n")
+        atomic_write(self.path / self.FORECASTS, lambda tmp: save_npz(tmp, arrays))
+        write_text(self.path / self.TABLE, table)
+
+
+def save_npz(path: str, arrays: dict) -> None:
+    with open(path, "wb") as f:  # a file object: numpy would add ".npz" to a bare temporary name
+        np.savez_compressed(f, **arrays)
+
+
+class SweepFolder:
+    """The sweep's folder: a run folder per grid cell, and the table (sweep.md, and sweep.json)."""
+
+    TABLE, RESULTS = "sweep.md", "sweep.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def run(self, name: str) -> RunFolder:
+        return RunFolder(self.path / name)
+
+    def files(self) -> dict[str, Path]:
+        return {"table": self.path / self.TABLE, "as JSON": self.path / self.RESULTS, "runs": self.path}
+
+    def write(self, table: str, results: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(self.path / self.TABLE, table)
+        write_text(self.path / self.RESULTS, json.dumps(results, indent=1) + "\n")
+
+
+class PlanFolder:
+    """The plan's folder: its ledger, plan.json (the steps every run gets, fixed once), choice.json,
+    report.md with its two figures, and a folder per training run and per evaluation."""
+
+    LEDGER, STEPS, CHOICE, REPORT, HORIZON_PLOT, FORECAST_PLOT = (
+        "ledger.json", "plan.json", "choice.json", "report.md", "mae_vs_horizon.png", "forecasts_compared.png")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def ledger(self) -> Path:
+        return self.path / self.LEDGER
+
+    def run(self, name: str) -> RunFolder:
+        return RunFolder(self.path / name)
+
+    def evaluation(self, name: str) -> EvalFolder:
+        return EvalFolder(self.path / name)
+
+    def files(self) -> dict[str, Path]:
+        return {"report": self.path / self.REPORT, "plan": self.path / self.STEPS, "runs": self.path}
+
+    def steps(self) -> dict | None:
+        path = self.path / self.STEPS
+        return read_json_object(path, UsageError) if path.exists() else None
+
+    def write(self, name: str, content) -> Path:
+        """One of the plan's JSON files (a dict) or its report (text)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = content if isinstance(content, str) else json.dumps(content, indent=1) + "\n"
+        return write_text(self.path / name, text)
