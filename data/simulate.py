@@ -2,6 +2,7 @@
 
     python -m data.simulate --out data/lotka_volterra_data.h5 --systems 1000 --seed 0
     python -m data.simulate --model classical --systems 200 --out /tmp/lv.h5
+    python -m data.simulate --set other-family --out runs/sets/other-family.h5
 
 The reference set is not the classical Lotka-Volterra model (its oscillations damp, which the
 classical model can't do) but its Rosenzweig-MacArthur form: logistic prey, saturating predation
@@ -14,11 +15,17 @@ per system, uniformly in the ranges of `RM_RANGES` (or `CLASSICAL_RANGES`); a se
 The ranges are those fitted to the reference set, with K in (4, 14) and b in (0.22, 0.5) rather than
 (5, 15) and (0.2, 0.5): with those the 1,000-system summary (max, mean, 99th percentile, fraction
 below 0.1, per species) lands within 15% of the reference's on every figure (see the README).
+
+Other families (`RANGES`): the classical model (no carrying capacity, predation b x y), Holling type
+III (predation b x^2 y / (1 + h x^2)) and Beddington-DeAngelis (b x y / (1 + h x + e y), predators
+interfering). A `World` mixes families, widens the ranges, and adds observation noise; `WORLDS` are
+where training systems come from, `SETS` the test sets that no training run draws from.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,29 +39,44 @@ RM_RANGES = {"a": (0.1, 0.3), "b": (0.22, 0.5), "g": (0.1, 0.3), "K": (4.0, 14.0
              "h": (0.05, 0.2), "x0": (0.8, 1.2), "y0": (0.8, 1.2)}
 CLASSICAL_RANGES = {"a": (0.1, 0.3), "b": (0.1, 0.3), "g": (0.1, 0.3), "c": (0.3, 0.7),
                     "x0": (0.8, 1.2), "y0": (0.8, 1.2)}
-MODELS = ("rosenzweig-macarthur", "classical")
+# family -> the ranges its parameters are drawn from (the fitted ones, or near them)
+RANGES = {
+    "rosenzweig-macarthur": RM_RANGES,
+    "classical": CLASSICAL_RANGES,
+    "holling-iii": {**RM_RANGES, "b": (0.1, 0.3), "h": (0.02, 0.1)},  # predation b x^2 / (1 + h x^2)
+    "beddington-deangelis": {**RM_RANGES, "e": (0.1, 0.5)},  # predation b x / (1 + h x + e y)
+}
+MODELS = tuple(RANGES)
 
 
-def draw_parameters(n: int, rng: np.random.Generator, model: str = "rosenzweig-macarthur") -> dict[str, np.ndarray]:
-    ranges = RM_RANGES if model == "rosenzweig-macarthur" else CLASSICAL_RANGES
-    return {name: rng.uniform(lo, hi, size=n) for name, (lo, hi) in ranges.items()}
+def draw_parameters(n: int, rng: np.random.Generator, model: str = "rosenzweig-macarthur",
+                    ranges: dict | None = None) -> dict[str, np.ndarray]:
+    return {name: rng.uniform(lo, hi, size=n) for name, (lo, hi) in (ranges or RANGES[model]).items()}
+
+
+def predation(params: dict[str, np.ndarray], model: str):
+    """The predators' functional response P(x, y): prey eaten per unit time (the predators grow by c P)."""
+    b = params["b"]
+    if model == "classical":
+        return lambda x, y: b * x * y
+    if model == "holling-iii":
+        return lambda x, y: b * x * x * y / (1 + params["h"] * x * x)
+    if model == "beddington-deangelis":
+        return lambda x, y: b * x * y / (1 + params["h"] * x + params["e"] * y)
+    return lambda x, y: b * x * y / (1 + params["h"] * x)
 
 
 def rhs(params: dict[str, np.ndarray], model: str):
-    """The right-hand side for n systems at once; the state is (x_1..x_n, y_1..y_n)."""
-    a, b, g, c = params["a"], params["b"], params["g"], params["c"]
-    if model == "rosenzweig-macarthur":
-        K, h = params["K"], params["h"]
+    """The right-hand side for n systems at once; the state is (x_1..x_n, y_1..y_n). Every family but
+    the classical one has logistic prey growth (carrying capacity K)."""
+    a, g, c = params["a"], params["g"], params["c"]
+    eaten = predation(params, model)
+    growth = (lambda x: a * x) if model == "classical" else (lambda x: a * x * (1 - x / params["K"]))
 
-        def f(t, z):
-            x, y = np.split(z, 2)
-            predation = b * x * y / (1 + h * x)
-            return np.concatenate([a * x * (1 - x / K) - predation, c * predation - g * y])
-    else:
-        def f(t, z):
-            x, y = np.split(z, 2)
-            predation = b * x * y
-            return np.concatenate([a * x - predation, c * predation - g * y])
+    def f(t, z):
+        x, y = np.split(z, 2)
+        p = eaten(x, y)
+        return np.concatenate([growth(x) - p, c * p - g * y])
     return f
 
 
@@ -71,13 +93,86 @@ def integrate(params: dict[str, np.ndarray], time: np.ndarray, model: str = "ros
     return np.clip(np.stack([x, y], axis=-1), 0.0, None)
 
 
+@dataclass(frozen=True)
+class World:
+    """Where systems come from: their families (each system one, equally likely), how wide the
+    parameter ranges are (`width` times each fitted range's width, around its centre, never below
+    half its low end), the starting populations' range (None: the family's own), multiplicative
+    observation noise (each system's sigma drawn uniformly in `noise`, or 0 for a share `clean` of
+    the systems; each value times exp(sigma N(0, 1))) and an amplitude factor exp(U(-jitter, jitter))
+    per system."""
+
+    families: tuple[str, ...] = ("rosenzweig-macarthur",)
+    width: float = 1.0
+    starts: tuple[float, float] | None = None
+    noise: tuple[float, float] = (0.0, 0.0)
+    clean: float = 0.0
+    jitter: float = 0.0
+
+    def ranges(self, family: str) -> dict[str, tuple[float, float]]:
+        out = {}
+        for name, (lo, hi) in RANGES[family].items():
+            if name in ("x0", "y0") and self.starts is not None:
+                out[name] = self.starts
+            elif self.width == 1:
+                out[name] = (lo, hi)
+            else:
+                centre, half = (lo + hi) / 2, self.width * (hi - lo) / 2
+                out[name] = (max(centre - half, lo / 2), centre + half)
+        return out
+
+
+# where the training systems come from (train.py --world): the ranges fitted to the reference set,
+# or a wider world: three families, 1.5 times the fitted ranges, noise and amplitude jitter
+WORLDS = {
+    "fitted": World(),
+    "wide": World(families=("rosenzweig-macarthur", "classical", "holling-iii"), width=1.5, starts=(0.6, 1.6),
+                  noise=(0.0, 0.08), jitter=0.25),
+    "wide-half-clean": World(families=("rosenzweig-macarthur", "classical", "holling-iii"), width=1.5,
+                             starts=(0.6, 1.6), noise=(0.01, 0.08), clean=0.5, jitter=0.25),
+}
+# test sets no training run uses, each harder than the fitted world in one way: (world, seed)
+SETS = {
+    "fresh": (WORLDS["fitted"], 424242),
+    "shifted": (World(width=2.0, starts=(0.5, 2.0)), 424243),  # wider than the wide training world too
+    "other-family": (World(families=("beddington-deangelis",)), 424244),  # a family no world trains on
+    "noisy": (World(noise=(0.05, 0.05)), 424242),  # the fresh systems, observed with 5% noise
+}
+
+
 def simulate(systems: int = 1000, seed: int = 0, points: int = 100, t_end: float = 200.0,
              model: str = "rosenzweig-macarthur") -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(trajectories float32 (systems, points, 2), time float64 (points,), parameters drawn)."""
+    """(trajectories float32 (systems, points, 2), time float64 (points,), parameters drawn) of one
+    family with its fitted ranges."""
+    return simulate_world(World(families=(model,)), systems, seed, points, t_end)
+
+
+def simulate_world(world: World, systems: int = 1000, seed: int = 0, points: int = 100,
+                   t_end: float = 200.0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """As `simulate`, from `world`; the seed fixes everything. The parameters come from one stream
+    (so a world that only adds noise draws the same systems), the noise and jitter from another."""
     rng = np.random.default_rng(seed)
-    params = draw_parameters(systems, rng, model)
     time = np.linspace(0.0, t_end, points)
-    return integrate(params, time, model).astype(np.float32), time, params
+    families = np.zeros(systems, dtype=int) if len(world.families) == 1 else rng.integers(len(world.families), size=systems)
+    out = np.zeros((systems, points, 2))
+    params: dict[str, np.ndarray] = {"family": families}
+    for k, family in enumerate(world.families):
+        rows = np.flatnonzero(families == k)
+        if not len(rows):
+            continue
+        drawn = draw_parameters(len(rows), rng, ranges=world.ranges(family))
+        out[rows] = integrate(drawn, time, family)
+        for name, value in drawn.items():
+            params.setdefault(name, np.full(systems, np.nan))[rows] = value
+    observe = np.random.default_rng([seed, 1])
+    if world.jitter:
+        out *= np.exp(observe.uniform(-world.jitter, world.jitter, size=(systems, 1, 1)))
+    if world.noise[1] > 0:
+        sigma = observe.uniform(*world.noise, size=(systems, 1, 1))
+        if world.clean:
+            sigma *= observe.uniform(size=(systems, 1, 1)) >= world.clean
+        out *= np.exp(sigma * observe.standard_normal(out.shape))
+    return out.astype(np.float32), time, params
 
 
 def summary(trajectories: np.ndarray) -> dict[str, dict[str, float]]:
@@ -111,12 +206,19 @@ def parser() -> Parser:
     p = Parser("python -m data.simulate", __doc__.split("\n")[0], examples=[
         "python -m data.simulate                                   # the default data set (seed 0)",
         "python -m data.simulate --out runs/tune.h5 --seed 7       # 1000 other systems, a second split",
-        "python -m data.simulate --out runs/small.h5 --systems 50 --model classical"])
+        "python -m data.simulate --set shifted --out runs/sets/shifted.h5   # a test set harder than the fitted world",
+        "python -m data.simulate --out runs/small.h5 --systems 50 --model holling-iii"])
     p.add_argument("--out", default=str(DEFAULT_PATH), help="HDF5 file to write")
+    p.add_argument("--set", choices=tuple(SETS), default=None,
+                   help="one of the test sets, each from its own world and seed (fresh: the fitted world; shifted: "
+                        "ranges twice as wide, starting populations 0.5-2.0; other-family: Beddington-DeAngelis, "
+                        "which no world trains on; noisy: the fresh systems with 5%% multiplicative noise) "
+                        "(default: none, --model with its fitted ranges)")
     p.add_argument("--systems", type=int, default=1000, help="predator-prey systems, each with its own parameters")
     p.add_argument("--points", type=int, default=100, help="time points per system")
     p.add_argument("--t-end", type=float, default=200.0, help="last time point (the first is 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the parameters and starting populations")
+    p.add_argument("--seed", type=int, default=None, help="seed of the parameters and starting populations "
+                   "(default: the --set's own, else 0)")
     p.add_argument("--model", choices=MODELS, default="rosenzweig-macarthur", help="the ODE that makes the series")
     return p
 
@@ -126,13 +228,20 @@ def main(argv=None) -> int:
     if args.systems < 1 or args.points < 2 or args.t_end <= 0:
         print("error: --systems must be >= 1, --points >= 2 and --t-end > 0", file=sys.stderr)
         return 2
-    trajectories, time, _ = simulate(args.systems, args.seed, args.points, args.t_end, args.model)
+    if Path(args.out).is_dir():
+        print(f"error: --out {args.out}: is a folder; give the file to write, e.g. {Path(args.out) / 'series.h5'}",
+              file=sys.stderr)
+        return 2
+    world, seed = SETS[args.set] if args.set else (World(families=(args.model,)), 0)
+    seed = seed if args.seed is None else args.seed
+    trajectories, time, _ = simulate_world(world, args.systems, seed, args.points, args.t_end)
     try:
         write_series(args.out, trajectories, time)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}: {args.systems} systems x {args.points} points ({args.model}, seed {args.seed})")
+    what = f"set {args.set}" if args.set else args.model
+    print(f"wrote {args.out}: {args.systems} systems x {args.points} points ({what}, seed {seed})")
     print(format_summary(summary(trajectories)))
     return 0
 

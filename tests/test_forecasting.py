@@ -1,0 +1,213 @@
+"""What the forecaster is measured and trained with: the simulator's families, worlds and test sets
+(each reproduced from its seed), coverage of a calibrated forecast, the continuous head over several
+steps (its loss, its forecasts, their FLOPs), the wide training world, and resume in both."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.flop_counter import FlopCounterMode
+
+import lora
+import train
+from data import load_series
+from data.simulate import MODELS, SETS, WORLDS, World, main as simulate_main, simulate_world
+from experiment import trainer as trainer_module
+from experiment.scoring import Forecast, score_distribution
+from flops import EXACT
+from qwen_min import load_pretrained, save_pretrained
+from qwen_min.continuous import LOG_OFFSET, ValueSpec, forecast_values, value_loss
+
+from .test_flops import INPLACE_ADDMM
+
+SERIES = (30, 17)  # systems, seed of the simulated file (conftest.series_file)
+
+
+# --- the simulator ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", MODELS)
+def test_each_family_reproduces_from_its_seed_and_stays_finite(family):
+    world = World(families=(family,))
+    a, t, params = simulate_world(world, 12, seed=5)
+    b, _, _ = simulate_world(world, 12, seed=5)
+    c, _, _ = simulate_world(world, 12, seed=6)
+    assert a.shape == (12, 100, 2) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.isfinite(a).all() and (a >= 0).all() and a.max() > 0.5
+    assert set(params) >= {"a", "b", "g", "c", "x0", "y0"}
+
+
+def test_the_test_sets_are_what_their_names_say():
+    n = 60
+    fresh, _, p_fresh = simulate_world(*SETS["fresh"][:1], n, SETS["fresh"][1])
+    noisy, _, p_noisy = simulate_world(*SETS["noisy"][:1], n, SETS["noisy"][1])
+    shifted, _, p_shifted = simulate_world(*SETS["shifted"][:1], n, SETS["shifted"][1])
+    other, _, p_other = simulate_world(*SETS["other-family"][:1], n, SETS["other-family"][1])
+    # noisy: the fresh systems themselves, each value times exp(0.05 N(0, 1))
+    assert all(np.array_equal(p_fresh[k], p_noisy[k]) for k in ("a", "K", "x0"))
+    ratio = np.log(noisy[fresh > 0.05] / fresh[fresh > 0.05])
+    assert abs(ratio.std() - 0.05) < 0.005 and abs(ratio.mean()) < 0.005
+    # shifted: ranges wider than the fitted ones (and the wide training world's), starts 0.5-2.0
+    lo, hi = SETS["fresh"][0].ranges("rosenzweig-macarthur")["K"]
+    assert p_shifted["K"].min() < lo or p_shifted["K"].max() > hi
+    assert WORLDS["wide"].ranges("rosenzweig-macarthur")["K"][1] < SETS["shifted"][0].ranges("rosenzweig-macarthur")["K"][1]
+    assert 0.5 <= p_shifted["x0"].min() and p_shifted["x0"].max() <= 2.0 and p_shifted["x0"].max() > 1.2
+    # other-family: predator interference, which no training world draws from
+    assert "e" in p_other and not any("beddington-deangelis" in w.families for w in WORLDS.values())
+    assert not np.allclose(other, fresh)
+
+
+def test_the_wide_world_mixes_families_and_observes_with_noise():
+    traj, _, params = simulate_world(WORLDS["wide"], 90, seed=1)
+    assert set(np.unique(params["family"])) == {0, 1, 2} and np.isfinite(traj).all() and (traj >= 0).all()
+    again, _, _ = simulate_world(WORLDS["wide"], 90, seed=1)
+    assert np.array_equal(traj, again)
+
+
+def test_simulate_writes_a_named_set_and_refuses_a_folder(tmp_path, capsys):
+    assert simulate_main(["--set", "noisy", "--systems", "5", "--out", str(tmp_path / "noisy.h5")]) == 0
+    assert "set noisy, seed 424242" in capsys.readouterr().out
+    expected, _, _ = simulate_world(SETS["noisy"][0], 5, SETS["noisy"][1])
+    assert np.allclose(load_series(tmp_path / "noisy.h5").trajectories, expected)
+    assert simulate_main(["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and len(err.strip().splitlines()) == 1
+
+
+# --- calibration -----------------------------------------------------------------------------------
+
+def test_a_calibrated_gaussian_covers_its_nominal_share():
+    """Samples from the very distribution the truth is drawn from: 50% and 90% coverage within 2
+    points of nominal, and the mean CRPS the closed form gives (sigma / sqrt(pi) for y ~ N(m, sigma))."""
+    rng = np.random.default_rng(0)
+    mu, sigma = rng.uniform(1, 3, size=(400, 20, 2)), 0.2
+    truth = mu + sigma * rng.standard_normal(mu.shape)
+    samples = mu[:, None] + sigma * rng.standard_normal((400, 200, 20, 2))
+    scores = score_distribution(Forecast(samples), truth, alpha=1.0)
+    assert abs(scores["coverage_90"] - 0.90) <= 0.02 and abs(scores["coverage_50"] - 0.50) <= 0.02
+    assert scores["crps"] == pytest.approx(sigma / np.sqrt(np.pi), rel=0.03)  # E CRPS(N(m, s), y ~ N(m, s))
+    too_narrow = score_distribution(Forecast(mu[:, None] + 0.5 * (samples - mu[:, None])), truth, alpha=1.0)
+    assert too_narrow["coverage_90"] < 0.7  # an overconfident forecast is caught
+
+
+# --- the head over several steps -------------------------------------------------------------------
+
+def test_a_head_of_several_steps_scores_each_real_step_ahead():
+    """value_loss against torch.distributions, position by position and step by step, padding left out."""
+    model = load_pretrained("tiny-random", encoding="continuous", spec=ValueSpec(2, "log", 3))
+    values = torch.rand(2, 7, 2) * 5 + 0.05
+    labels = torch.zeros(2, 7, dtype=torch.long)
+    labels[1, 5:] = -100  # row 1: steps 0-4 real
+    loss, n = value_loss(model, values, labels)
+    hidden = model(values)
+    log_w, means, scales = model.mixture(hidden, values)  # (2, 7, 3, 2, K)
+    want = []
+    for b, real in ((0, 7), (1, 5)):
+        for t in range(real - 1):
+            for h in range(3):
+                if t + 1 + h >= real:
+                    continue
+                mix = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=log_w[b, t, h]),
+                                                            torch.distributions.Normal(means[b, t, h], scales[b, t, h]))
+                v = torch.distributions.TransformedDistribution(mix, [
+                    torch.distributions.ExpTransform(), torch.distributions.AffineTransform(-LOG_OFFSET, 1.0)])
+                want.append(-v.log_prob(values[b, t + 1 + h]).sum())
+    assert n == len(want) and loss.item() == pytest.approx(torch.stack(want).mean().item(), rel=1e-5)
+
+
+def counted(fn):
+    with FlopCounterMode(display=False, custom_mapping=INPLACE_ADDMM) as counter, torch.no_grad():
+        out = fn()
+    return out, counter.get_total_flops()
+
+
+@pytest.mark.parametrize("steps, horizon, calls", [(5, 5, 1), (5, 12, 3), (1, 4, 4)])
+def test_a_forecast_reads_the_head_once_per_block_of_steps(steps, horizon, calls):
+    model = load_pretrained("tiny-random", encoding="continuous", spec=ValueSpec(1, "log", steps))
+    series = torch.rand(3, 10, 2) * 4 + 0.1
+    out, linear = counted(lambda: forecast_values(model, series, horizon, contexts=[6, 10], samples=2,
+                                                  temperature=1.0, generator=torch.Generator().manual_seed(0)))
+    assert [o.shape for o in out] == [(3, 2, horizon, 2)] * 2 and all(torch.isfinite(o).all() for o in out)
+    assert out.forward_calls == 1 + 2 * (calls - 1)  # the shared prefill, then each context's blocks after the first
+    assert out.cost.matmul == linear  # what was charged is what ran
+    greedy = forecast_values(model, series, horizon, contexts=[10])
+    assert greedy.forward_calls == calls and greedy[0].shape == (3, 1, horizon, 2)
+
+
+def test_a_head_of_several_steps_is_saved_and_an_older_model_is_a_next_step_one(tmp_path):
+    model = load_pretrained("tiny-random", encoding="continuous", spec=ValueSpec(1, "log", 4))
+    directory = tmp_path / "model"
+    save_pretrained(model, directory)
+    assert load_pretrained(directory).spec == ValueSpec(1, "log", 4)
+    lora.inject(model, rank=2, verbose=False)
+    lora.save_adapter(model, tmp_path / "adapter")
+    assert lora.Adapter(tmp_path / "adapter").spec == ValueSpec(1, "log", 4)
+    cfg = json.loads((directory / "config.json").read_text())
+    assert cfg["value_steps"] == 4
+    next_step = load_pretrained("tiny-random", encoding="continuous")
+    save_pretrained(next_step, tmp_path / "old")
+    cfg = json.loads((tmp_path / "old/config.json").read_text())
+    del cfg["value_steps"]
+    (tmp_path / "old/config.json").write_text(json.dumps(cfg))
+    assert load_pretrained(tmp_path / "old").spec == ValueSpec(1, "log", 1)
+
+
+def test_a_training_step_of_a_several_step_head_is_charged_its_linear_flops(series_file, tmp_path):
+    from experiment.batches import prepare_data
+    from experiment.costs import step_cost
+    from experiment.encodings import encoding_of
+    from experiment.models import run_model
+    from qwen_min import open_model
+
+    s = train.settings_from_argv(["--model", "tiny-random", "--encoding", "continuous", "--head-steps", "4",
+                                  "--rank", "2", "--data", str(series_file), "--chunk", "30", "--stride", "30",
+                                  "--out", str(tmp_path / "run"), "--ledger", str(tmp_path / "l.json")])
+    encoding, source = encoding_of("continuous"), open_model("tiny-random")
+    model = run_model(s, source, encoding, "cpu", torch.float32)
+    inputs, labels = prepare_data(s, source.tokenizer("continuous"), encoding).batch(1, 3, 0)
+    labels[-1, 12:] = -100
+    (loss, _), linear = counted(lambda: encoding.loss(model, inputs, labels))
+    assert torch.isfinite(loss) and linear == step_cost(model, EXACT, 30, labels).matmul > 0
+    assert model.value_head.out_features == 4 * 2 * 3
+
+
+# --- training in the wide world with a head of several steps ---------------------------------------
+
+class Killed(BaseException):
+    """The process dies: no clean-up of the run's own."""
+
+
+def test_a_wide_world_run_of_a_several_step_head_learns_and_resumes_exactly(series_file, tmp_path, monkeypatch):
+    def argv(folder):
+        return ["--model", "tiny-random", "--encoding", "continuous", "--full", "--head-steps", "5",
+                "--world", "wide", "--fresh-systems", "12", "--data", str(series_file), "--chunk", "100",
+                "--stride", "100", "--batch-size", "4", "--val-limit", "4", "--lr", "3e-3", "--max-steps", "10",
+                "--eval-every", "5", "--checkpoint-every", "2", "--quiet", "--ledger", str(folder / "ledger.json"),
+                "--out", str(folder / "run")]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert train.main(argv(whole)) == 0
+    real = trainer_module.Trainer.step
+
+    def dies_after_step_7(self, nxt, batch, cost):
+        loss = real(self, nxt, batch, cost)
+        if nxt == 7:
+            raise Killed
+        return loss
+    monkeypatch.setattr(trainer_module.Trainer, "step", dies_after_step_7)
+    with pytest.raises(Killed):
+        train.main(argv(cut))
+    monkeypatch.setattr(trainer_module.Trainer, "step", real)
+    assert train.main(["--resume", str(cut / "run"), "--quiet"]) == 0
+    rows = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
+             for line in (f / "run/metrics.jsonl").read_text().splitlines()] for f in (whole, cut)]
+    assert rows[0] == rows[1]
+    vals = [r["val_loss"] for r in rows[0] if r["val_loss"] is not None]
+    assert np.isfinite(vals).all() and vals[-1] < vals[0]
+    a, b = (load_file(f / "run/model_last/model.safetensors") for f in (whole, cut))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    config = json.loads((whole / "run/config.json").read_text())
+    assert (config["world"], config["head_steps"]) == ("wide", 5) and load_pretrained(
+        whole / "run/model_best").spec == ValueSpec(1, "log", 5)
