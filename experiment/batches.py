@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from data import make_splits, scale_for
-from data.simulate import ensure_data, simulate
+from data.simulate import WORLDS, ensure_data, simulate_world
 
 from .encodings import Encoding
 
@@ -78,11 +78,11 @@ def prepare_data(s, tok, encoding: Encoding) -> Prepared:
 
 
 def fresh_windows(s, tok, encoding: Encoding, points: int, t_end: float, alpha: float, epoch: int) -> dict[str, torch.Tensor]:
-    """Epoch `epoch`'s new systems, simulated (never the file's validation systems), clipped so every
-    scaled value keeps one digit before the point. Every system is the same number of tokens, so
-    every epoch cuts into the same number of windows."""
-    traj, _, _ = simulate(s.fresh_systems, FRESH_SEED + 1000 * s.seed + epoch, points, t_end)
-    traj = np.minimum(traj, alpha * (10 - 10.0 ** -s.decimals))
+    """Epoch `epoch`'s new systems, simulated from the run's world (never the file's validation
+    systems), clipped where the encoding's text must keep one digit before the point. Every system is
+    the same number of positions, so every epoch cuts into the same number of windows."""
+    traj, _, _ = simulate_world(WORLDS[s.world], s.fresh_systems, FRESH_SEED + 1000 * s.seed + epoch, points, t_end)
+    traj = np.minimum(traj, encoding.top(alpha, s.decimals))
     return encoding.windows(encoding.inputs(traj, alpha, tok, s.decimals), s.chunk, s.stride, tok.pad_id or 0)
 
 

@@ -66,9 +66,13 @@ class Encoding:
     def check(self, decimals: int) -> None:
         """What this encoding needs of the other settings."""
 
-    def spec(self, components: int, space: str) -> ValueSpec | None:
+    def spec(self, components: int, space: str, steps: int) -> ValueSpec | None:
         """The head a model of this encoding has: None, an LM head over the vocabulary."""
         return None
+
+    def top(self, alpha: float, decimals: int) -> float:
+        """The largest value (original units) a training series may hold: the text's, one digit before the point."""
+        return alpha * (10 - 10.0 ** -decimals)
 
     def run_suffix(self, spec: ValueSpec | None) -> str:
         """What a default run name says of the encoding (nothing for the report's digits)."""
@@ -233,20 +237,25 @@ class Continuous(Encoding):
     def default_stride(self, chunk: int) -> int:
         return chunk
 
-    def spec(self, components: int, space: str) -> ValueSpec:
-        return ValueSpec(components, space)
+    def spec(self, components: int, space: str, steps: int) -> ValueSpec:
+        return ValueSpec(components, space, steps)
+
+    def top(self, alpha: float, decimals: int) -> float:
+        return float("inf")  # a value is a value: no vocabulary to stay within
 
     def run_suffix(self, spec: ValueSpec | None) -> str:
         """A head other than the default's says so, so that runs of both don't share a folder."""
         default = ValueSpec()
         return (f"-{self.name}" + ("" if spec.space == default.space else f"-{spec.space}")
-                + ("" if spec.components == default.components else f"-k{spec.components}"))
+                + ("" if spec.components == default.components else f"-k{spec.components}")
+                + ("" if spec.steps == default.steps else f"-h{spec.steps}"))
 
     def check_model(self, source, spec: ValueSpec | None) -> None:
         saved = source.spec  # a preset's is built as asked
         if saved is not None and saved != spec:
             raise UsageError(f"--model {source.name} is a continuous model of {saved.components} component(s) in "
-                             f"{saved.space} space; give --components {saved.components} --value-space {saved.space}")
+                             f"{saved.space} space over {saved.steps} step(s); give --components {saved.components} "
+                             f"--value-space {saved.space} --head-steps {saved.steps}")
         found = None if source.preset else source.encoding
         if found is not None and found != self.name and found not in self.serves_models_of:
             raise self.refusal(source, found)

@@ -30,9 +30,10 @@ from qwen_min import save_pretrained
 from .errors import UsageError
 from .settings import TrainSettings, as_config, first_difference, from_config
 
-# what a run from before --encoding computed: digit text (a continuous run always says so); a
-# continuous run from before --value-space modelled the values themselves
-BEFORE_ENCODINGS = {"encoding": "digits", "components": 1, "value_space": "linear"}
+# what a run from before a setting existed computed: digit text (a continuous run always says so);
+# before --value-space, the values themselves; before --head-steps, the next step; before --world,
+# the fitted world's systems
+BEFORE_SETTINGS = {"encoding": "digits", "components": 1, "value_space": "linear", "head_steps": 1, "world": "fitted"}
 
 CHECKPOINT_KEYS = {"trainable": dict, "optimizer": dict, "step": int, "best_val": float, "tokens": int,
                    "seconds": float, "flops": float, "rng": dict}
@@ -114,7 +115,7 @@ class RunFolder:
 
     def read_config(self) -> dict:
         saved = read_json_object(self.path / self.CONFIG, UsageError, what="run's config.json")
-        return {**BEFORE_ENCODINGS, **saved}
+        return {**BEFORE_SETTINGS, **saved}
 
     def encoding(self) -> str:
         """The encoding the run recorded (digits for a run from before there was a choice)."""
@@ -281,6 +282,25 @@ class SweepFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.path / self.TABLE, table)
         write_text(self.path / self.RESULTS, json.dumps(results, indent=1) + "\n")
+
+
+class CompareFolder:
+    """Several evaluations side by side: comparison.md (the table and the targets) and comparison.png."""
+
+    TABLE, FIGURE = "comparison.md", "comparison.png"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def files(self) -> dict[str, Path]:
+        return {name: self.path / name for name in (self.TABLE, self.FIGURE)}
+
+    def write(self, table: str) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(self.path / self.TABLE, table)
 
 
 class PlanFolder:

@@ -4,7 +4,7 @@
     Work         model, seed
     Series       data, split_seed, decimals
     Encoded      encoding (a Series read by an encoding, which checks what it needs of it)
-    ValueHead    components, value_space (a continuous model's head)
+    ValueHead    components, value_space, head_steps (a continuous model's head)
     LoRAShape    alpha, dropout, targets (the rank is each run's own: a sweep has several)
     Windows      batch_size, chunk, stride, eval_every, val_limit (training batches)
     Forecasting  ctx, horizon, plot_systems
@@ -115,8 +115,13 @@ class ValueHead(Group):
                            "changes are relative) or linear (of the scaled value)", choices=VALUE_SPACES,
                            defining=True)
 
+    head_steps: int = opt(1, "time steps the continuous head gives at once from each position: 1 forecasts a step "
+                          "at a time, each fed back; 20 a whole forecast from one pass over the context (a patch, "
+                          "trained on every step of it)", defining=True)
+
     def check(self) -> None:
         at_least(self.components, 1, "--components")
+        at_least(self.head_steps, 1, "--head-steps")
         super().check()
 
 

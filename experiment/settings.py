@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.baselines import STATISTICAL
+from data.simulate import WORLDS
 from qwen_min.presets import default_encoding
 
 from .encodings import ForecastTask, encoding_of
@@ -51,6 +52,9 @@ class CommonTrain(Machine, LoRAShape, ValueHead, Encoded, Windows, Work, Charged
     fresh_systems: int | None = opt(None, "simulate this many new training systems every epoch instead of the file's "
                                     "training split (default 850 for the scratch-* presets, else 0)", type=int,
                                     defining=True)
+    world: str = opt("fitted", "where the fresh systems come from: fitted (the ranges fitted to the reference set) or "
+                     "wide (three predator-prey families, ranges 1.5 times as wide, observation noise, amplitude "
+                     "jitter; see data.simulate.WORLDS)", choices=tuple(WORLDS), defining=True)
     log: str = opt("none", "extra logging", choices=("none", "tensorboard", "wandb"))
 
     def check(self) -> None:
@@ -82,7 +86,7 @@ class CommonTrain(Machine, LoRAShape, ValueHead, Encoded, Windows, Work, Charged
     @property
     def spec(self):
         """The continuous head these settings ask for; None for a token encoding."""
-        return encoding_of(self.encoding).spec(self.components, self.value_space)
+        return encoding_of(self.encoding).spec(self.components, self.value_space, self.head_steps)
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,9 @@ class EvalSettings(Machine, Encoded, Forecasting, Work, Charged):
     no_base: bool = opt(False, "with --adapter, skip the untuned model (default: off)")
     split: str = opt("validation", "which split's systems (all: every system of the file, e.g. one simulated with a "
                      "seed no training run used)", choices=("validation", "train", "all"))
+    scale_from: str | None = opt(None, "a series file whose validation split's scale (alpha) scales the values and "
+                                 "every figure, so that evaluations of several files compare (default: the "
+                                 "evaluated split's own scale)", type=str)
     limit: int | None = opt(None, "evaluate the first N systems of the split (default: all)", type=int)
     batch_size: int = opt(8, "systems per generation batch, each with every context and sample")
     samples: int = opt(1, "samples per prompt (median); 1 with temperature 0 is greedy")

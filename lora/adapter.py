@@ -2,7 +2,8 @@
 
 A continuous model's adapter also holds its new input and output layers in full (`embed_values`,
 `value_head`: PEFT's `modules_to_save`, stored as base_model.model.embed_values.weight and so on), and
-its value space in the safetensors header's metadata (`value_space`, beside PEFT's `format`).
+its value space and head steps in the safetensors header's metadata (`value_space`, `value_steps`,
+beside PEFT's `format`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def save_adapter(model, directory: str | Path, base_model_name_or_path: str | No
               "alpha_pattern": {}}
     metadata = {"format": "pt"}
     if getattr(model, "spec", None) is not None:
-        metadata["value_space"] = model.spec.space
+        metadata.update(value_space=model.spec.space, value_steps=str(model.spec.steps))
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(adapter_state(model), p, metadata=metadata))
     write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
@@ -176,23 +177,27 @@ class Adapter:
 
     @functools.cached_property
     def spec(self) -> ValueSpec | None:
-        """Components from the value head's shape, the space from the file's metadata (an adapter
-        saved before the space was a choice is linear); None without value layers."""
+        """The space and the head's steps from the file's metadata (an adapter saved before the space
+        was a choice is linear, before the steps were a next-step head), the components from the
+        value head's shape; None without value layers."""
         if not self.config["modules_to_save"]:
             return None
         weights, key = self.directory / WEIGHTS_FILE, f"{PREFIX}value_head.bias"
         try:
             with safe_open(weights, framework="pt") as f:
                 width = f.get_slice(key).get_shape()[0] if key in f.keys() else None
-                space = (f.metadata() or {}).get("value_space", "linear")
+                metadata = f.metadata() or {}
+            space, steps = metadata.get("value_space", "linear"), metadata.get("value_steps", "1")
         except (SafetensorError, OSError) as e:
             raise LoadError(f"{weights}: not a readable safetensors file ({e})") from None
-        per_component = SPECIES * 3  # a weight, a mean and a scale per species
+        if not steps.isdigit() or int(steps) < 1:
+            raise LoadError(f"{weights}: value_steps must be a positive integer, got {steps!r}")
+        per_component = int(steps) * SPECIES * 3  # a weight, a mean and a scale per step and species
         if width is None or width % per_component:
             raise LoadError(f"{weights}: {key} is missing or not {per_component} x components wide")
         if space not in VALUE_SPACES:
             raise LoadError(f"{weights}: value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
-        return ValueSpec(width // per_component, space)
+        return ValueSpec(width // per_component, space, int(steps))
 
     @functools.cached_property
     def digest(self) -> str:

@@ -8,13 +8,16 @@ The space (`ValueSpec.space`) is where the values enter and the Gaussians live: 
 u = log(value + LOG_OFFSET), so a step's change is relative (predator-prey growth is a rate times the
 population) and a forecast can never go below 0; `linear` models the scaled value itself.
 The (prey, predator) pair at step t enters at position t; position t's head gives the distribution
-of step t+1. Each component's mean is an offset from the present value (in the space: the next step
-is near the present one), its scale is softplus(raw) + MIN_SCALE, its weight a softmax over the
-components. The loss is the negative log-likelihood of the next step's scaled values, summed over the
-two species (nats per step; in log space with the change of variables' term, so both spaces' losses
-are densities over the same values and compare). Forecasts feed back a sample (or, greedy, the
-mixture's mean in the space) one step at a time, through the KV cache: 20 forward calls for 20 steps.
-The context is computed once per series, for all its samples and shorter contexts.
+of step t+1, or with a head of several steps (`ValueSpec.steps`, a patch as TimesFM and
+Chronos-Bolt give) of steps t+1 ... t+steps at once. Each component's mean is an offset from the
+present value (in the space: the next steps are near the present one), its scale is
+softplus(raw) + MIN_SCALE, its weight a softmax over the components. The loss is the negative
+log-likelihood of the next steps' scaled values, summed over the two species (nats per step; in log
+space with the change of variables' term, so both spaces' losses are densities over the same values
+and compare). Forecasts feed back a sample (or, greedy, the mixture's mean in the space) through the
+KV cache: 20 forward calls for 20 steps of a next-step head, one call for a head of 20 steps, which
+is then never fed its own draws. The context is computed once per series, for all its samples and
+shorter contexts.
 
 Parameter names: the decoder is `model.*` as in the checkpoint; the new layers are `embed_values.*`
 and `value_head.*`. With a pretrained Qwen (LoRA), `model.embed_tokens` stays loaded and unused.
@@ -53,28 +56,36 @@ LOG_IN_OPS, LOG_HEAD_OPS = 2, 5
 
 @dataclass(frozen=True)
 class ValueSpec:
-    """What a continuous model's head is: `components` Gaussians per species over the next step, in
-    `space` ('log': of log(scaled value + LOG_OFFSET); 'linear': of the scaled value)."""
+    """What a continuous model's head is: `components` Gaussians per species for each of the next
+    `steps` steps, in `space` ('log': of log(scaled value + LOG_OFFSET); 'linear': of the scaled value)."""
 
     components: int = 1
     space: str = "log"
+    steps: int = 1
 
     def __post_init__(self):
-        if not isinstance(self.components, int) or isinstance(self.components, bool) or self.components < 1:
-            raise ValueError(f"components must be a positive integer, got {self.components!r}")
+        for name in ("components", "steps"):
+            k = getattr(self, name)
+            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                raise ValueError(f"{name} must be a positive integer, got {k!r}")
         if self.space not in VALUE_SPACES:
             raise ValueError(f"value space must be one of {', '.join(VALUE_SPACES)}, got {self.space!r}")
 
+    @property
+    def width(self) -> int:
+        """The value head's outputs: a weight, a mean and a scale per component, species and step."""
+        return self.steps * SPECIES * 3 * self.components
+
 
 class QwenForValueForecasting(DecoderWithHead):
-    """The decoder with `embed_values` (2 -> D) in, and `value_head` (D -> 2 x 3 x components) out."""
+    """The decoder with `embed_values` (2 -> D) in, and `value_head` (D -> steps x 2 x 3 x components) out."""
 
     def __init__(self, config: QwenConfig, spec: ValueSpec = ValueSpec()):
         super().__init__()
         self.config, self.spec = config, spec
         self.model = QwenModel(config)
         self.embed_values = nn.Linear(SPECIES, config.hidden_size)
-        self.value_head = nn.Linear(config.hidden_size, SPECIES * 3 * spec.components)
+        self.value_head = nn.Linear(config.hidden_size, spec.width)
 
     @classmethod
     def from_decoder(cls, decoder: QwenModel, config: QwenConfig, spec: ValueSpec = ValueSpec(),
@@ -85,7 +96,7 @@ class QwenForValueForecasting(DecoderWithHead):
         model.model = decoder
         w = decoder.norm.weight
         model.embed_values = nn.Linear(SPECIES, config.hidden_size, device=w.device, dtype=w.dtype)
-        model.value_head = nn.Linear(config.hidden_size, SPECIES * 3 * spec.components, device=w.device, dtype=w.dtype)
+        model.value_head = nn.Linear(config.hidden_size, spec.width, device=w.device, dtype=w.dtype)
         model.reset_value_layers(generator)
         return model
 
@@ -112,44 +123,50 @@ class QwenForValueForecasting(DecoderWithHead):
 
     def mixture(self, hidden: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """hidden (..., D) and the values at the same positions (..., 2) -> log weights, means and
-        scales of the next step in the space, each (..., 2, components), in fp32."""
+        scales of each of the next `steps` steps in the space, each (..., steps, 2, components), in
+        fp32; every mean is an offset from the present value."""
         raw = self.value_head(hidden.to(self.value_head.weight.dtype)).float()
-        raw = raw.unflatten(-1, (SPECIES, 3, self.spec.components))  # (..., 2, 3, K)
+        raw = raw.unflatten(-1, (self.spec.steps, SPECIES, 3, self.spec.components))  # (..., H, 2, 3, K)
         log_w = torch.log_softmax(raw[..., 0, :], dim=-1)
-        means = self.to_space(values)[..., None] + raw[..., 1, :]
+        means = self.to_space(values)[..., None, :, None] + raw[..., 1, :]
         scales = F.softplus(raw[..., 2, :]) + MIN_SCALE
         return log_w, means, scales
 
     def nll(self, hidden: torch.Tensor, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood (nats) of `targets` (N, 2) under the mixture at each of N positions,
-        summed over the species: (N,). In log space the density of u = log(v + LOG_OFFSET) is turned
-        into one of v by the change of variables: -log p(v) = -log p(u) + u."""
+        """Negative log-likelihood (nats) of `targets` (N, steps, 2), the next steps after each of N
+        positions, summed over the species: (N, steps). In log space the density of
+        u = log(v + LOG_OFFSET) is turned into one of v by the change of variables: -log p(v) = -log p(u) + u."""
         log_w, means, scales = self.mixture(hidden, values)
-        u = self.to_space(targets)  # (N, 2)
+        u = self.to_space(targets)  # (N, H, 2)
         z = (u[..., None] - means) / scales
-        log_p = -0.5 * z * z - scales.log() - 0.5 * math.log(2 * math.pi)  # (N, 2, K)
+        log_p = -0.5 * z * z - scales.log() - 0.5 * math.log(2 * math.pi)  # (N, H, 2, K)
         nll = -torch.logsumexp(log_w + log_p, dim=-1).sum(-1)
         return nll + u.sum(-1) if self.spec.space == "log" else nll
 
     def predict(self, hidden: torch.Tensor, values: torch.Tensor, temperature: float = 0.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """The next step (B, 2) from hidden (B, D) and the present values (B, 2): the mixture's mean
-        in the space when temperature is 0 (in log space a median, not a mean, of the values), else a
-        draw (a component by its weight, then its Gaussian with the scale times `temperature`).
-        Scaled values cannot go below 0."""
-        log_w, means, scales = self.mixture(hidden, values)  # (B, 2, K)
+                generator: torch.Generator | None = None, samples: int | None = None) -> torch.Tensor:
+        """The next `steps` steps (B, steps, 2) from hidden (B, D) and the present values (B, 2): the
+        mixture's mean in the space when temperature is 0 (in log space a median, not a mean, of the
+        values), else a draw for each step (a component by its weight, then its Gaussian with the
+        scale times `temperature`). With `samples`, that many draws of each row's distribution,
+        (B, samples, steps, 2), from one pass of the head. Scaled values cannot go below 0."""
+        log_w, means, scales = self.mixture(hidden, values)  # (B, H, 2, K)
+        if samples is not None:  # (B, S, H, 2, K): the same distribution for every draw of a row
+            log_w, means, scales = (x[:, None].expand(-1, samples, *x.shape[1:]) for x in (log_w, means, scales))
         if temperature <= 0:
             return self.from_space((log_w.exp() * means).sum(-1))
-        k = torch.multinomial(log_w.exp().flatten(0, 1), 1, generator=generator).view(*log_w.shape[:-1], 1)
+        k = torch.multinomial(log_w.exp().flatten(0, -2), 1, generator=generator).view(*log_w.shape[:-1], 1)
         mean, scale = means.gather(-1, k).squeeze(-1), scales.gather(-1, k).squeeze(-1)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device)
         return self.from_space(mean + temperature * scale * noise)
 
     def head_flops(self, positions: int, convention: Convention) -> Cost:
-        """The value head and the mixture's likelihood at `positions` positions."""
-        log_ops = LOG_HEAD_OPS if self.spec.space == "log" else 0
+        """The value head and the mixture's likelihood of every step it gives at `positions` positions
+        (in log space: the present value's log once, each step's target log and change of variables)."""
+        steps = self.spec.steps
+        log_ops = LOG_HEAD_OPS + 3 * (steps - 1) if self.spec.space == "log" else 0
         return (linear_flops(self.value_head, positions, convention)
-                + convention.pointwise(positions * SPECIES * self.spec.components, NLL_OPS)
+                + convention.pointwise(positions * SPECIES * self.spec.components * steps, NLL_OPS)
                 + convention.pointwise(positions * SPECIES, log_ops))
 
     def flops(self, seq_len: int, convention: Convention | str = "exact", past: int = 0,
@@ -165,12 +182,24 @@ class QwenForValueForecasting(DecoderWithHead):
 
 def value_loss(model: QwenForValueForecasting, values: torch.Tensor, labels: torch.Tensor,
                ignore: int = IGNORE) -> tuple[torch.Tensor, int]:
-    """Mean next-step negative log-likelihood (nats per step, both species) over the positions whose
-    next step is real (labels (B, T) not `ignore`); returns (loss, steps scored). values (B, T, 2)."""
+    """Mean negative log-likelihood (nats per step, both species) of the next `steps` steps after
+    every position whose next step is real (labels (B, T) not `ignore`), each step counted where it
+    is real too; returns (loss, steps scored). values (B, T, 2)."""
     hidden = model(values)[:, :-1]  # (B, T-1, D); right padding is never seen by a real step
-    scored = labels[:, 1:] != ignore
-    loss = model.nll(hidden[scored], values[:, :-1][scored], values[:, 1:][scored])
-    return loss.mean(), int(scored.sum())
+    futures, real = ahead(values, model.spec.steps), ahead(labels != ignore, model.spec.steps)  # (B, T-1, H, ...)
+    scored = real[..., 0]  # (B, T-1): the positions whose next step is real
+    nll = model.nll(hidden[scored], values[:, :-1][scored], futures[scored])  # (N, H)
+    counted = real[scored]
+    return nll[counted].mean(), int(counted.sum())
+
+
+def ahead(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """x (B, T, ...) -> (B, T-1, steps, ...): at position t, x[t+1] ... x[t+steps], zeros (False)
+    where that runs past the end."""
+    T = x.shape[1]
+    shifted = [x[:, h:] for h in range(1, steps + 1)]
+    shifted = [torch.cat([s, s.new_zeros((s.shape[0], T - 1 - s.shape[1], *s.shape[2:]))], 1) for s in shifted]
+    return torch.stack(shifted, 2)
 
 
 @torch.no_grad()
@@ -182,9 +211,12 @@ def forecast_values(model: QwenForValueForecasting, series: torch.Tensor, horizo
 
     One prefill of the longest context per series: a shorter context's keys, values and last hidden
     state are its first positions (causal attention gives the same), and every sample starts from
-    them. Then, per context, one forward call per step after the first for all B x samples rows,
-    each feeding back the step just chosen. Returned with what it cost: `flops` (from the modules'
-    own flops(), under `convention`) and `forward_calls`."""
+    them. A head that reaches the horizon gives every step's distribution in one pass, drawn
+    `samples` times (or greedy its median). Otherwise, per context and for all B x samples rows at
+    once, the head gives the next `steps` steps (a draw of each, or greedy the median), which are fed
+    back through the cache in one forward call before the head is asked again: 20 calls for 20
+    steps of a next-step head. Returned with what it cost: `flops` (from the modules' own flops(),
+    under `convention`) and `forward_calls`."""
     conv = get_convention(convention)
     B, T, _ = series.shape
     contexts = [T] if contexts is None else [int(c) for c in contexts]
@@ -193,22 +225,28 @@ def forecast_values(model: QwenForValueForecasting, series: torch.Tensor, horizo
     C = max(contexts)
     prefill = KVCache(model.config, B, C, model.dtype, series.device)
     states = model(series[:, :C], cache=prefill)  # (B, C, D)
-    calls, spent = 1, B * model.flops(C, conv, head_positions=0)  # the head is charged per step below
+    calls, spent = 1, B * model.flops(C, conv, head_positions=0)  # the head is charged per call below
     rows = B * samples
     forecasts = []
     for c in contexts:
+        if horizon <= model.spec.steps:  # the head's distribution of every step at once: drawn, never fed back
+            spent += B * model.head_flops(1, conv)
+            draws = model.predict(states[:, c - 1], series[:, c - 1].float(), temperature, generator, samples)
+            forecasts.append(draws[:, :, :horizon])
+            continue
         cache = prefill.repeated(samples, c, c + horizon)
         hidden = states[:, c - 1].repeat_interleave(samples, 0)  # (rows, D)
         last = series[:, c - 1].float().repeat_interleave(samples, 0)  # (rows, 2)
         out = []
-        for i in range(horizon):
+        while len(out) < horizon:
             spent += rows * model.head_flops(1, conv)
-            last = model.predict(hidden, last, temperature, generator)
-            out.append(last)
-            if i + 1 < horizon:
+            block = model.predict(hidden, last, temperature, generator)[:, :horizon - len(out)]  # (rows, <=H, 2)
+            out.extend(block.unbind(1))
+            last = block[:, -1]
+            if len(out) < horizon:
                 past = cache.length
-                hidden = model(last[:, None], cache=cache)[:, -1]
+                hidden = model(block, cache=cache)[:, -1]
                 calls += 1
-                spent += rows * model.flops(1, conv, past, head_positions=0)
+                spent += rows * model.flops(block.shape[1], conv, past, head_positions=0)
         forecasts.append(torch.stack(out, 1).view(B, samples, horizon, 2))
     return Generated(forecasts, spent, calls)

@@ -96,8 +96,9 @@ class ModelSource:
 
     @functools.cached_property
     def spec(self) -> ValueSpec | None:
-        """The head of a continuous model saved in the directory (config.json's value_components and
-        value_space; one saved before the space was a choice is linear); None for a language model,
+        """The head of a continuous model saved in the directory (config.json's value_components,
+        value_space and value_steps; one saved before the space was a choice is linear, before the
+        steps were, a next-step head); None for a language model,
         and for a preset (continuous only when asked for)."""
         if self.preset or not self.config_path.is_file():
             return None
@@ -113,7 +114,10 @@ class ModelSource:
         space = raw.get("value_space", "linear")
         if space not in VALUE_SPACES:
             raise LoadError(f"{path}: value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
-        return ValueSpec(k, space)
+        steps = raw.get("value_steps", 1)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise LoadError(f"{path}: value_steps must be a positive integer, got {steps!r}")
+        return ValueSpec(k, space, steps)
 
     @property
     def encoding(self) -> str:
@@ -288,7 +292,8 @@ def save_pretrained(model: QwenForCausalLM | QwenForValueForecasting, directory:
 def save_state(config: QwenConfig, state: dict[str, torch.Tensor], directory: str | Path, tokenizer=None,
                spec: ValueSpec | None = None) -> Path:
     """Write a checkpoint-keyed state dict in the Hugging Face layout; each file replaced atomically.
-    With `spec`, a continuous model: config.json says so (architectures, value_components, value_space)."""
+    With `spec`, a continuous model: config.json says so (architectures, value_components, value_space,
+    value_steps)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
@@ -296,7 +301,8 @@ def save_state(config: QwenConfig, state: dict[str, torch.Tensor], directory: st
         state.pop("lm_head.weight", None)
     hf_config = config.to_hf_dict()
     if spec is not None:
-        hf_config.update(architectures=[VALUE_ARCHITECTURE], value_components=spec.components, value_space=spec.space)
+        hf_config.update(architectures=[VALUE_ARCHITECTURE], value_components=spec.components, value_space=spec.space,
+                         value_steps=spec.steps)
     hf_config["torch_dtype"] = str(state["model.embed_tokens.weight"].dtype).removeprefix("torch.")
     atomic_write(directory / SINGLE_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
     write_text(directory / CONFIG_FILE, json.dumps(hf_config, indent=2) + "\n")

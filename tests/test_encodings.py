@@ -144,7 +144,7 @@ def test_continuous_loss_is_the_mixture_likelihood(space):
     loss, n = value_loss(model, values, labels)
     assert n == 6 + 4
     hidden = model(values)
-    log_w, means, scales = model.mixture(hidden[:, :-1], values[:, :-1])
+    log_w, means, scales = (x[..., 0, :, :] for x in model.mixture(hidden[:, :-1], values[:, :-1]))  # the one step
     dist = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=log_w),
                                                  torch.distributions.Normal(means, scales))
     if space == "log":  # v = exp(u) - LOG_OFFSET
@@ -336,8 +336,8 @@ def test_a_continuous_model_directory_is_trained_in_its_own_space(series_file, t
     common = ["--model", str(directory), "--encoding", "continuous", "--chunk", "50", "--full", "--max-steps", "1"]
     code = train.main(args(series_file, tmp_path, *common, "--out", str(tmp_path / "run")))
     err = capsys.readouterr().err
-    assert code == 2 and "is a continuous model of 1 component(s) in linear space; give --components 1 " \
-                         "--value-space linear" in err and "Traceback" not in err
+    assert code == 2 and "is a continuous model of 1 component(s) in linear space over 1 step(s); give " \
+                         "--components 1 --value-space linear --head-steps 1" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
     assert train.main(args(series_file, tmp_path, *common, "--value-space", "linear", "--out", str(tmp_path / "run"))) == 0
     # without --out, runs of the two spaces (and of another mixture) get folders of their own
