@@ -21,21 +21,45 @@ import sys
 
 from commandline import Parser, prose
 from experiment.cli import add_settings, given, run
+from experiment.compare import compare
 from experiment.forecast import evaluate
 from experiment.report import results_markdown
 from experiment.settings import EvalSettings
-from experiment.summaries import eval_summary
+from experiment.summaries import compare_summary, eval_summary
 
 
 def parser() -> Parser:
     p = Parser("python eval.py", prose(__doc__), examples=[
         "python eval.py --model tiny-random --ctx 40 80 --limit 8 --adapter runs/tiny --out runs/eval-tiny",
         "python eval.py --ctx 40 80 --adapter runs/lora-r8-lr0.0001-c512/adapter_best",
-        "python eval.py --model tiny-random --limit 8 --samples 20 --temperature 0.7 --baselines parroting arima"])
+        "python eval.py --model tiny-random --limit 8 --samples 20 --temperature 0.7 --baselines parroting arima",
+        "python eval.py --data runs/sets/shifted.h5 --split all --scale-from data/lotka_volterra_data.h5 --out runs/e"],
+        subcommands={"compare": "several evaluations side by side, with the targets a forecaster is held to"})
     return add_settings(p, EvalSettings)
 
 
+def compare_parser() -> Parser:
+    p = Parser("python eval.py compare", "Several evaluations (each one set) side by side: a row per set and "
+               "forecaster, the targets the chosen forecaster meets, and MAE and CRPS against steps ahead.", examples=[
+                   "python eval.py compare runs/eval-val runs/eval-fresh --out runs/compare",
+                   "python eval.py compare runs/e-* --forecaster parroting --out runs/compare-parroting"])
+    p.add_argument("folders", nargs="+", metavar="EVAL", help="evaluation folders of eval.py (required)")
+    p.add_argument("--out", default="runs/compare", help="folder for comparison.md and comparison.png")
+    p.add_argument("--forecaster", default=None, help="the forecaster held to the targets (default: the first "
+                   "evaluation's model)")
+    return p
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "compare":
+        args = compare_parser().parse_args(argv[1:])
+        table = []
+        code = run(lambda: table.append(compare(args.folders, args.out, args.forecaster)))
+        if code == 0:
+            print(table[0])
+            print(compare_summary(args.out))
+        return code
     s = EvalSettings(**given(parser().parse_args(argv)))
     results = {}
     code = run(lambda: results.update(evaluate(s)),

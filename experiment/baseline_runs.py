@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data import make_splits, scale_for
+from data import load_series, make_splits, scale_for
 from data.baselines import LEVELS, PARROT_WINDOW, STATISTICAL, ode_fit, parroting, persistence, statistical
 from data.simulate import ensure_data
 
@@ -30,13 +30,19 @@ class Selection:
 
 def select(s: EvalSettings) -> Selection:
     """The split's first `limit` systems (every system of the file for split 'all'), after checking
-    the settings against the file."""
+    the settings against the file, with the split's scale (or --scale-from's validation split's)."""
     series = ensure_data(s.data)
     s.check_points(series.points)
     split = list(range(series.systems)) if s.split == "all" else make_splits(series.systems, seed=s.split_seed)[s.split]
-    alpha = scale_for(series.trajectories[split])
+    alpha = scale_for(series.trajectories[split]) if s.scale_from is None else validation_scale(s.scale_from, s.split_seed)
     systems = split[: s.limit] if s.limit else split
     return Selection(systems, series.trajectories[systems].astype(np.float64), series.time, alpha)
+
+
+def validation_scale(path: str, split_seed: int) -> float:
+    """alpha of a series file's validation split."""
+    series = load_series(path)
+    return scale_for(series.trajectories[make_splits(series.systems, seed=split_seed)["validation"]])
 
 
 def _fit_one(job):

@@ -99,6 +99,8 @@ def identity(s: EvalSettings, sel: Selection, source: ModelSource, adapters: lis
             "encoding": s.encoding, "adapters": [(a.label, a.adapter.digest) for a in adapters], "base": not s.no_base,
             "contexts": s.contexts, "horizon": s.horizon, "samples": s.samples, "temperature": s.temperature,
             "decimals": s.decimals, "seed": s.seed, "batch_size": s.batch_size, "dtype": s.dtype, "split": s.split}
+    if s.scale_from is not None:  # the scale decides what a model reads
+        what["alpha"] = sel.alpha
     return "eval-" + hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -181,7 +183,8 @@ def evaluate(s: EvalSettings, source: ModelSource | None = None) -> dict:
             bar.close()
     truth = {ctx: sel.values[:, ctx:ctx + s.horizon] for ctx in s.contexts}
     results = {"data": str(s.data), "split": s.split, "split_seed": s.split_seed, "systems": list(map(int, sel.systems)),
-               "alpha": sel.alpha, "contexts": s.contexts, "horizon": s.horizon, "model": s.model,
+               "alpha": sel.alpha, "scale_from": s.scale_from, "contexts": s.contexts, "horizon": s.horizon,
+               "model": s.model,
                "adapters": [str(a.adapter.directory) for a in adapters], "ledger_key": key,
                "encoding": s.encoding,
                "decoding": {"samples": s.samples, "temperature": s.temperature,

@@ -3,6 +3,7 @@ plan. Every function takes the numbers it shows and writes files; nothing here c
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,25 @@ from .settings import grid_name  # noqa: E402
 def save_figure(fig, path: Path, dpi: int) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     plt.close(fig)
+
+
+# one colour and line style per method in every figure, whatever the other methods are
+STYLES = {"persistence": ("#7f7f7f", ":"), "parroting": ("#ff7f0e", "--"), "ode_fit": ("#9467bd", "-."),
+          "arima": ("#8c564b", "--"), "ets": ("#e377c2", "--"), "theta": ("#bcbd22", "--")}
+MODEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#17becf", "#000080", "#8b4513")
+
+
+def line_of(method: str) -> dict:
+    colour, ls = style_of(method)
+    return {"color": colour, "ls": ls}
+
+
+def style_of(method: str) -> tuple[str, str]:
+    """(colour, line style) of a method: fixed for the baselines, a colour picked from the method's
+    name (not its place in a list) for a model."""
+    if method in STYLES:
+        return STYLES[method]
+    return MODEL_COLOURS[zlib.crc32(method.encode()) % len(MODEL_COLOURS)], "-"
 
 
 # --- a training run --------------------------------------------------------------------------------
@@ -74,8 +94,8 @@ def results_markdown(results: dict) -> str:
     species, failed steps and FLOPs; a point forecast's coverage is '-'."""
     ctxs = results["contexts"]
     lines = ["| method | forecast | " + " | ".join(f"MAE ctx {c}" for c in ctxs) + " | combined MAE | CRPS | "
-             "50% coverage | 90% coverage | 90% width | prey | predator | failed steps | FLOPs |",
-             "| --- | --- |" + " ---: |" * (len(ctxs) + 9)]
+             "50% coverage | 90% coverage | 90% width | widest 90% | prey | predator | failed steps | FLOPs |",
+             "| --- | --- |" + " ---: |" * (len(ctxs) + 10)]
     for method, r in results["methods"].items():
         per = r["contexts"]
         prey = np.mean([per[str(c)]["mae_by_species"]["prey"] for c in ctxs])
@@ -85,7 +105,8 @@ def results_markdown(results: dict) -> str:
                      + " | ".join(f"{per[str(c)]['mae']:.4f}" for c in ctxs)
                      + f" | **{r['combined_mae']:.4f}** | {cell(r.get('combined_crps'))} | "
                      + " | ".join(cell(mean_over(per, ctxs, k)) for k in ("coverage_50", "coverage_90", "width_90"))
-                     + f" | {prey:.4f} | {pred:.4f} | {failed} | {r.get('flops', 0.0):.3g} |")
+                     + f" | {cell(most_over(per, ctxs, 'widest_90'), 2)} | {prey:.4f} | {pred:.4f} | {failed} | "
+                     + f"{r.get('flops', 0.0):.3g} |")
     d = results.get("decoding", {})
     return ("MAE, CRPS and interval widths in scaled units (values / alpha, alpha = " + f"{results['alpha']:.4f}), "
             f"{results['horizon']} steps, {len(results['systems'])} {results['split']} systems of {results['data']}; "
@@ -96,6 +117,11 @@ def results_markdown(results: dict) -> str:
 
 def cell(value, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def most_over(per: dict, ctxs, key: str) -> float | None:
+    values = [per[str(c)].get(key) for c in ctxs]
+    return None if any(v is None for v in values) else float(max(values))
 
 
 def mean_over(per: dict, ctxs, key: str) -> float | None:
@@ -112,9 +138,9 @@ def plot_horizon(results: dict, path: Path, title: str | None = None) -> None:
         for method, r in results["methods"].items():
             per = r["contexts"][str(c)]
             for i, s in enumerate(SPECIES):
-                axes[i, j].plot(steps, per["mae_by_step_species"][s], marker=".", label=method)
+                axes[i, j].plot(steps, per["mae_by_step_species"][s], marker=".", label=method, **line_of(method))
             if "crps_by_step" in per:
-                axes[2, j].plot(steps, per["crps_by_step"], marker=".", label=method)
+                axes[2, j].plot(steps, per["crps_by_step"], marker=".", label=method, **line_of(method))
         for i, s in enumerate(SPECIES):
             axes[i, j].set_title(f"{s}, context {c}")
             axes[i, j].set_ylabel("MAE (scaled units)")
@@ -141,20 +167,19 @@ def plot_forecasts(values, time, forecasts: dict, systems: list[int], picks: lis
     context: the truth (context and what followed), and each method's median with its 50% and 90%
     central intervals, every method in its own colour; the context's end marked."""
     picks = [p for p in picks if 0 <= p < len(values)] or [0]
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(2 * len(picks), len(ctxs), figsize=(6 * len(ctxs), 2.6 * 2 * len(picks)), squeeze=False)
     for r, pos in enumerate(picks):
         for c, ctx in enumerate(ctxs):
             for i, species in enumerate(SPECIES):
                 ax = axes[2 * r + i, c]
                 ax.plot(time[:ctx + horizon], values[pos, :ctx + horizon, i], color="black", lw=1.3, label="truth")
-                for k, (method, per_ctx) in enumerate(forecasts.items()):
-                    fc, colour, t = as_forecast(per_ctx[ctx]), colours[k % len(colours)], time[ctx:ctx + horizon]
+                for method, per_ctx in forecasts.items():
+                    fc, (colour, ls), t = as_forecast(per_ctx[ctx]), style_of(method), time[ctx:ctx + horizon]
                     if not fc.point:
                         for width, shade in ((0.9, 0.15), (0.5, 0.3)):
                             low, high = fc.quantile((1 - width) / 2)[pos, :, i], fc.quantile((1 + width) / 2)[pos, :, i]
                             ax.fill_between(t, low, high, color=colour, alpha=shade, lw=0)
-                    ax.plot(t, fc.median()[pos, :, i], color=colour, lw=1.2, ls="--", label=method)
+                    ax.plot(t, fc.median()[pos, :, i], color=colour, lw=1.2, ls=ls, label=method)
                 ax.axvline(time[ctx - 1], color="grey", lw=0.8, ls=":")
                 ax.annotate("context end", (time[ctx - 1], 1), xycoords=("data", "axes fraction"), fontsize=7,
                             ha="right", va="top", rotation=90, color="grey")
@@ -248,3 +273,54 @@ def plan_figures(a, out, evals: dict, folders: dict) -> list[tuple[str, str]]:
             figures.append((f"{label}: MAE against steps ahead with the baselines",
                             f"{name}/{out.evaluation(name).HORIZON_PLOT}"))
     return figures
+
+
+# --- several evaluations ---------------------------------------------------------------------------
+
+def comparison_markdown(rows, met: dict, forecaster: str) -> str:
+    """comparison.md: a row per set and forecaster (scaled units), then the targets `forecaster` meets."""
+    ctxs = sorted(rows[0].figures["ctx_mae"]) if rows else []
+    lines = ["| set | forecaster | " + " | ".join(f"MAE ctx {c}" for c in ctxs) + " | combined MAE | CRPS | "
+             "50% coverage | 90% coverage | widest 90% | FLOPs |", "| --- | --- |" + " ---: |" * (len(ctxs) + 6)]
+    for r in rows:
+        f = r.figures
+        name = f"**{r.method}**" if r.method == forecaster else r.method
+        lines.append(f"| {r.set} | {name} | " + " | ".join(f"{f['ctx_mae'][c]:.4f}" for c in ctxs)
+                     + f" | {f['mae']:.4f} | {f['crps']:.4f} | {cell(f['cov50'], 3)} | {cell(f['cov90'], 3)} | "
+                     + f"{cell(f['widest'], 2)} | {f['flops']:.3g} |")
+    names = list(next(iter(met.values()), {}))
+    check = ["| target | " + " | ".join(met) + " |", "| --- |" + " :---: |" * len(met)]
+    for target in names:
+        check.append(f"| {target} | " + " | ".join("yes" if m.get(target) else ("-" if target not in m else "**no**")
+                                                 for m in met.values()) + " |")
+    return ("Every forecaster on every set, in scaled units (each set's values divided by the scale its "
+            "evaluation used); coverage is the share of true values inside the central interval, a point "
+            "forecast has none. FLOPs: a language model's, for all systems of the set.\n\n" + "\n".join(lines)
+            + f"\n\nThe targets, for {forecaster}:\n\n" + "\n".join(check) + "\n")
+
+
+def plot_comparison(rows, path: Path) -> None:
+    """MAE and CRPS against steps ahead (mean over contexts), a column per set, a line per forecaster."""
+    sets = list(dict.fromkeys(r.set for r in rows))
+    fig, axes = plt.subplots(2, len(sets), figsize=(4.2 * len(sets), 7), squeeze=False, sharex=True)
+    for j, name in enumerate(sets):
+        for r in (r for r in rows if r.set == name):
+            colour, ls = style_of(r.method)
+            steps = np.arange(1, len(r.figures["mae_by_step"]) + 1)
+            axes[0, j].plot(steps, r.figures["mae_by_step"], color=colour, ls=ls, label=r.method)
+            axes[1, j].plot(steps, r.figures["crps_by_step"], color=colour, ls=ls, label=r.method)
+        axes[0, j].set_title(name)
+        axes[1, j].set_xlabel("steps ahead")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+            ax.set_yscale("log")
+    axes[0, 0].set_ylabel("MAE (scaled units)")
+    axes[1, 0].set_ylabel("CRPS (scaled units)")
+    handles, labels = {}, {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 7), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    save_figure(fig, path, 110)

@@ -78,9 +78,9 @@ def interval(fc: Forecast, width: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_distribution(fc: Forecast, true: np.ndarray, alpha: float) -> dict:
-    """CRPS (mean, by step), the 50% and 90% central intervals' coverage and mean width, and the
-    weighted quantile loss, in scaled units; for a point forecast CRPS is its MAE and there are no
-    intervals."""
+    """CRPS (mean, by step), the 50% and 90% central intervals' coverage, mean and largest width (of
+    any system, step and species), and the weighted quantile loss, in scaled units; for a point
+    forecast CRPS is its MAE and there are no intervals."""
     scaled = Forecast(None if fc.samples is None else fc.samples / alpha,
                       None if fc.quantiles is None else fc.quantiles / alpha, fc.levels)
     c = crps(scaled, true / alpha)
@@ -89,11 +89,12 @@ def score_distribution(fc: Forecast, true: np.ndarray, alpha: float) -> dict:
     for width in INTERVALS:
         name = f"{round(width * 100)}"
         if fc.point:
-            out[f"coverage_{name}"] = out[f"width_{name}"] = None
+            out[f"coverage_{name}"] = out[f"width_{name}"] = out[f"widest_{name}"] = None
             continue
         low, high = interval(fc, width)
         out[f"coverage_{name}"] = float(((true >= low) & (true <= high)).mean())
         out[f"width_{name}"] = float(((high - low) / alpha).mean())
+        out[f"widest_{name}"] = float(((high - low) / alpha).max())
     return out
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flops import Ledger
 
-from .folders import EvalFolder, PlanFolder, RunFolder, SweepFolder
+from .folders import CompareFolder, EvalFolder, PlanFolder, RunFolder, SweepFolder
 
 
 def shown(path: Path | str) -> str:
@@ -78,3 +78,7 @@ def eval_summary(out: Path | str, results: dict, ledger: Path | str) -> str:
 def plan_summary(out: Path | str) -> str:
     folder = PlanFolder(out)
     return "\n".join(["plan finished", *files_block(folder.files()), ledger_line(folder.ledger)])
+
+
+def compare_summary(out: Path | str) -> str:
+    return "\n".join(["comparison written", *files_block(CompareFolder(out).files())])
