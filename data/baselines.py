@@ -59,11 +59,14 @@ STATISTICAL = {"arima": "AutoARIMA", "ets": "AutoETS", "theta": "AutoTheta"}  # 
 LEVELS = (0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95)  # quantiles they give
 
 
-def statistical(contexts: np.ndarray, horizon: int, names=tuple(STATISTICAL)) -> dict[str, np.ndarray]:
+def statistical(contexts: np.ndarray, horizon: int, names=tuple(STATISTICAL),
+                report: dict | None = None) -> dict[str, np.ndarray]:
     """{name: quantiles (systems, horizon, 2, len(LEVELS))} of statsforecast's automatic models, fitted to
     each system's each species alone (season length 1), their prediction intervals read as quantiles
-    (the point forecast as the median). `contexts` (systems, ctx, 2). Needs `statsforecast`
-    (`pip install -e ".[baselines]"`); raises ImportError without it."""
+    (the point forecast as the median). `contexts` (systems, ctx, 2). A series whose model gives
+    anything but finite numbers (a fit that failed) forecasts persistence instead, and `report`, if
+    given, gets {name: how many did}. Needs `statsforecast` (`pip install -e ".[baselines]"`); raises
+    ImportError without it."""
     import pandas as pd  # statsforecast's own dependency; both optional, so imported only here
     import statsforecast.models
     from statsforecast import StatsForecast
@@ -80,6 +83,11 @@ def statistical(contexts: np.ndarray, horizon: int, names=tuple(STATISTICAL)) ->
         columns = [name if q == 0.5 else f"{name}-{'lo' if q < 0.5 else 'hi'}-{round(abs(1 - 2 * q) * 100)}"
                    for q in LEVELS]
         values = fc[columns].to_numpy().reshape(n, 2, horizon, len(LEVELS)).transpose(0, 2, 1, 3)
+        failed = ~np.isfinite(values).all(axis=(1, 3))  # (systems, 2): a series that did not fit
+        last = np.broadcast_to(contexts[:, -1][:, None, :, None], values.shape)
+        values = np.where(failed[:, None, :, None], last, values)
+        if report is not None:
+            report[name] = report.get(name, 0) + int(failed.sum())
         out[name] = np.clip(np.sort(values, axis=-1), 0.0, None)  # populations: never below zero
     return out
 

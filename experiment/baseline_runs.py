@@ -96,12 +96,13 @@ def forecast_baselines(s: EvalSettings, sel: Selection, bar) -> tuple[dict, dict
                             for ctx in s.contexts}
         about["parroting"] = {"window_steps": PARROT_WINDOW, "samples": s.samples, "rule": "nearest stretches of the context, "
                               "by Euclidean distance over both species; what followed each, copied"}
-    names = tuple(m for m in STATISTICAL if m in chosen)
+    names, fell_back = tuple(m for m in STATISTICAL if m in chosen), {}
     for ctx in s.contexts if names else ():
-        for name, quantiles in statistical(sel.values[:, :ctx], s.horizon, names).items():
+        for name, quantiles in statistical(sel.values[:, :ctx], s.horizon, names, fell_back).items():
             out.setdefault(name, {})[ctx] = Forecast(quantiles=quantiles, levels=LEVELS)
             about[name] = {"library": "statsforecast", "model": STATISTICAL[name], "season_length": 1,
-                           "quantiles_from_intervals": list(LEVELS)}
+                           "quantiles_from_intervals": list(LEVELS),
+                           "series_without_a_fit_persistence_used": fell_back.get(name, 0)}
     if "ode_fit" in chosen:
         fc, (bounded, fell_back) = forecast_ode(sel.time, sel.values, s, bar)
         out["ode_fit"] = {ctx: point(fc[ctx]) for ctx in s.contexts}

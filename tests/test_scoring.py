@@ -93,3 +93,25 @@ def test_every_method_scored_as_a_distribution(series_file, tmp_path):
     assert "| arima | distribution |" in (out / "results.md").read_text()
     saved = np.load(out / "forecasts.npz")
     assert "arima|40|q0.05" in saved.files and "persistence|40|q0.05" not in saved.files
+
+
+def test_a_statistical_model_that_does_not_fit_a_series_forecasts_persistence(monkeypatch):
+    """statsforecast can return NaN for a series (a fit whose variance goes negative): that series'
+    forecast is its last value, counted, and nothing NaN reaches the scores."""
+    pytest.importorskip("statsforecast")
+    import statsforecast
+
+    from data.baselines import statistical
+
+    real = statsforecast.StatsForecast.forecast
+
+    def one_fails(self, *args, **kwargs):
+        fc = real(self, *args, **kwargs)
+        fc.loc[fc["unique_id"] == 1, [c for c in fc.columns if c.startswith("arima")]] = float("nan")
+        return fc
+    monkeypatch.setattr(statsforecast.StatsForecast, "forecast", one_fails)
+    contexts = np.random.default_rng(0).uniform(0.5, 2, size=(3, 30, 2))
+    report = {}
+    quantiles = statistical(contexts, 5, ("arima",), report)["arima"]
+    assert np.isfinite(quantiles).all() and report == {"arima": 1}
+    assert np.all(quantiles[0, :, 1] == contexts[0, -1, 1])  # unique_id 1: system 0's predator
