@@ -211,3 +211,41 @@ def test_a_wide_world_run_of_a_several_step_head_learns_and_resumes_exactly(seri
     config = json.loads((whole / "run/config.json").read_text())
     assert (config["world"], config["head_steps"]) == ("wide", 5) and load_pretrained(
         whole / "run/model_best").spec == ValueSpec(1, "log", 5)
+
+
+# --- evaluations side by side ----------------------------------------------------------------------
+
+def test_compare_lays_sets_side_by_side_and_derives_the_targets(series_file, tmp_path, capsys):
+    import eval as evaluation
+
+    common = ["--model", "tiny-random", "--encoding", "continuous", "--ctx", "20", "40", "--horizon", "5",
+              "--samples", "20", "--temperature", "1", "--ledger", str(tmp_path / "l.json"), "--quiet",
+              "--plot-systems", "0"]
+    other = tmp_path / "other.h5"
+    assert simulate_main(["--set", "other-family", "--systems", "6", "--out", str(other)]) == 0
+    assert evaluation.main([*common, "--data", str(series_file), "--limit", "4", "--baselines", "persistence",
+                            "parroting", "--out", str(tmp_path / "e-val")]) == 0
+    assert evaluation.main([*common, "--data", str(other), "--split", "all", "--scale-from", str(series_file),
+                            "--baselines", "parroting", "--out", str(tmp_path / "e-other")]) == 0
+    assert evaluation.main([*common, "--data", str(other), "--split", "all", "--scale-from", str(series_file),
+                            "--limit", "2", "--baselines", "persistence", "--out", str(tmp_path / "e-other-2")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    assert evaluation.main(["compare", str(tmp_path / "e-val"), str(tmp_path / "e-other"), str(tmp_path / "e-other-2"),
+                            "--out", str(out)]) == 0
+    table = (out / "comparison.md").read_text()
+    assert (out / "comparison.png").is_file() and table in capsys.readouterr().out
+    rows = {(r.split(" | ")[0][2:], r.split(" | ")[1]) for r in table.splitlines() if r.startswith("| validation |")
+            or r.startswith("| other |")}
+    assert {("validation", "**tiny-random**"), ("validation", "parroting"), ("other", "**tiny-random**"),
+            ("other", "tiny-random (first 2)"), ("other", "persistence (first 2)")} <= rows
+    scaled = json.loads((tmp_path / "e-other/results.json").read_text())
+    assert scaled["scale_from"] == str(series_file) and scaled["alpha"] == json.loads(
+        (tmp_path / "e-val/results.json").read_text())["alpha"]  # the validation split's scale on both
+    model = scaled["methods"]["model"]
+    cov90 = np.mean([model["contexts"][c]["coverage_90"] for c in ("20", "40")])
+    expected = "yes" if 0.85 <= cov90 <= 0.95 else "**no**"
+    line = next(r for r in table.splitlines() if r.startswith("| 90% coverage 85-95% |"))
+    assert line.split(" | ")[2].strip(" |") == expected  # the 'other' column, from the evaluation's own figure
+    assert evaluation.main(["compare", str(tmp_path / "e-val"), "--forecaster", "nobody", "--out", str(out)]) == 2
+    assert "--forecaster nobody: not among" in capsys.readouterr().err
