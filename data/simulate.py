@@ -214,6 +214,9 @@ def parser() -> Parser:
                         "ranges twice as wide, starting populations 0.5-2.0; other-family: Beddington-DeAngelis, "
                         "which no world trains on; noisy: the fresh systems with 5%% multiplicative noise) "
                         "(default: none, --model with its fitted ranges)")
+    p.add_argument("--world", choices=tuple(WORLDS), default=None,
+                   help="draw from a training world instead (with a seed no run trains on: a held-out split to "
+                        "fit a forecast's spread on) (default: none)")
     p.add_argument("--systems", type=int, default=1000, help="predator-prey systems, each with its own parameters")
     p.add_argument("--points", type=int, default=100, help="time points per system")
     p.add_argument("--t-end", type=float, default=200.0, help="last time point (the first is 0)")
@@ -232,7 +235,10 @@ def main(argv=None) -> int:
         print(f"error: --out {args.out}: is a folder; give the file to write, e.g. {Path(args.out) / 'series.h5'}",
               file=sys.stderr)
         return 2
-    world, seed = SETS[args.set] if args.set else (World(families=(args.model,)), 0)
+    if args.set and args.world:
+        print("error: --set and --world: give one (a test set, or a training world's systems)", file=sys.stderr)
+        return 2
+    world, seed = SETS[args.set] if args.set else (WORLDS[args.world] if args.world else World(families=(args.model,)), 0)
     seed = seed if args.seed is None else args.seed
     trajectories, time, _ = simulate_world(world, args.systems, seed, args.points, args.t_end)
     try:
@@ -240,7 +246,7 @@ def main(argv=None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    what = f"set {args.set}" if args.set else args.model
+    what = f"set {args.set}" if args.set else f"world {args.world}" if args.world else args.model
     print(f"wrote {args.out}: {args.systems} systems x {args.points} points ({what}, seed {seed})")
     print(format_summary(summary(trajectories)))
     return 0

@@ -75,6 +75,13 @@ def test_simulate_writes_a_named_set_and_refuses_a_folder(tmp_path, capsys):
     assert simulate_main(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is a folder" in err and len(err.strip().splitlines()) == 1
+    # a held-out split of a training world, to fit a forecast's spread on
+    assert simulate_main(["--world", "wide-half-clean", "--seed", "777", "--systems", "4",
+                          "--out", str(tmp_path / "tune.h5")]) == 0
+    expected, _, _ = simulate_world(WORLDS["wide-half-clean"], 4, 777)
+    assert np.allclose(load_series(tmp_path / "tune.h5").trajectories, expected)
+    assert simulate_main(["--set", "fresh", "--world", "wide", "--out", str(tmp_path / "x.h5")]) == 2
+    assert "give one" in capsys.readouterr().err
 
 
 # --- calibration -----------------------------------------------------------------------------------
