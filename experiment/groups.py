@@ -115,13 +115,14 @@ class ValueHead(Group):
                            "changes are relative) or linear (of the scaled value)", choices=VALUE_SPACES,
                            defining=True)
 
-    head_steps: int = opt(1, "time steps the continuous head gives at once from each position: 1 forecasts a step "
-                          "at a time, each fed back; 20 a whole forecast from one pass over the context (a patch, "
-                          "trained on every step of it)", defining=True)
+    head_steps: int | None = opt(None, "time steps the continuous head gives at once from each position: 1 "
+                                 "forecasts a step at a time, each fed back; 20 a whole forecast from one pass over "
+                                 "the context (a patch, trained on every step of it) (default: 20 for the scratch-* "
+                                 "presets, else 1)", type=int, defining=True)
 
     def check(self) -> None:
         at_least(self.components, 1, "--components")
-        at_least(self.head_steps, 1, "--head-steps")
+        need(self.head_steps is None or self.head_steps >= 1, f"--head-steps must be at least 1, got {self.head_steps}")
         super().check()
 
 

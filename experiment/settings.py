@@ -26,13 +26,15 @@ from qwen_min.presets import default_encoding
 
 from .encodings import ForecastTask, encoding_of
 from .errors import RunError, UsageError, finite, need
-from .groups import (Charged, Encoded, Forecasting, LoRAShape, Machine, Series, ValueHead, Windows, Work, absolute,
-                     as_config, at_least, check_lora, defining_fields, derive, first_difference, from_config, opt)
+from .groups import (SCRATCH_PREFIX, Charged, Encoded, Forecasting, LoRAShape, Machine, Series, ValueHead, Windows,
+                     Work, absolute, as_config, at_least, check_lora, defining_fields, derive, first_difference,
+                     from_config, opt)
 
 __all__ = ["RunError", "UsageError", "TrainSettings", "SweepSettings", "EvalSettings", "PlanSettings", "Series",
            "absolute", "as_config", "defining_fields", "derive", "first_difference", "from_config"]
 
 FRESH_SYSTEMS = 850  # new systems per epoch for the scratch-* presets: the file's training split's size
+SCRATCH_HEAD_STEPS, SCRATCH_WORLD = 20, "wide-half-clean"  # the scratch presets' forecaster (see docs/results.md)
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -52,9 +54,11 @@ class CommonTrain(Machine, LoRAShape, ValueHead, Encoded, Windows, Work, Charged
     fresh_systems: int | None = opt(None, "simulate this many new training systems every epoch instead of the file's "
                                     "training split (default 850 for the scratch-* presets, else 0)", type=int,
                                     defining=True)
-    world: str = opt("fitted", "where the fresh systems come from: fitted (the ranges fitted to the reference set) or "
-                     "wide (three predator-prey families, ranges 1.5 times as wide, observation noise, amplitude "
-                     "jitter; see data.simulate.WORLDS)", choices=tuple(WORLDS), defining=True)
+    world: str | None = opt(None, "where the fresh systems come from: fitted (the ranges fitted to the reference set), "
+                            "wide (three predator-prey families, ranges 1.5 times as wide, observation noise and "
+                            "amplitude jitter) or wide-half-clean (the same, half the systems without noise); see "
+                            "data.simulate.WORLDS (default: wide-half-clean for the scratch-* presets, else fitted)",
+                            type=str, choices=tuple(WORLDS), defining=True)
     log: str = opt("none", "extra logging", choices=("none", "tensorboard", "wandb"))
 
     def check(self) -> None:
@@ -78,6 +82,10 @@ class CommonTrain(Machine, LoRAShape, ValueHead, Encoded, Windows, Work, Charged
             s = dataclasses.replace(s, full=True)
         if s.fresh_systems is None:
             s = dataclasses.replace(s, fresh_systems=FRESH_SYSTEMS if s.scratch else 0)
+        if s.head_steps is None:
+            s = dataclasses.replace(s, head_steps=SCRATCH_HEAD_STEPS if s.scratch else 1)
+        if s.world is None:
+            s = dataclasses.replace(s, world=default_world(s.model))
         s = s.with_windows(s.encoding)
         s.check()
         return dataclasses.replace(s, data=absolute(s.data), ledger=absolute(s.ledger),
@@ -117,6 +125,7 @@ class TrainSettings(CommonTrain):
     def default_name(self) -> str:
         frac = "" if self.train_fraction == 1 else f"-f{self.train_fraction:g}"
         enc = encoding_of(self.encoding).run_suffix(self.spec)
+        enc += "" if self.world == default_world(self.model) else f"-{self.world}"  # runs of two worlds: two folders
         if self.full:
             return f"full-{Path(str(self.model)).name}{enc}-lr{self.lr:g}-c{self.chunk}{frac}"
         return f"lora-r{self.rank}{enc}-lr{self.lr:g}-c{self.chunk}{frac}"
@@ -141,6 +150,11 @@ class SweepSettings(CommonTrain):
         return [derive(TrainSettings, self, rank=rank, lr=lr, name=self.run_name(rank, lr),
                        out=str(Path(self.out) / self.run_name(rank, lr))).resolved(encoding)
                 for rank in self.ranks for lr in self.lrs]
+
+
+def default_world(model: str) -> str:
+    """Where a model's fresh training systems come from when no --world is given."""
+    return SCRATCH_WORLD if str(model).startswith(SCRATCH_PREFIX) else "fitted"
 
 
 def grid_name(prefix: str, rank: int, lr: float) -> str:
