@@ -21,7 +21,7 @@ import sys
 
 from commandline import Parser, prose
 from experiment.cli import add_settings, given, run
-from experiment.compare import compare
+from experiment.compare import compare, parse_names
 from experiment.forecast import evaluate
 from experiment.report import results_markdown
 from experiment.settings import EvalSettings
@@ -47,6 +47,9 @@ def compare_parser() -> Parser:
     p.add_argument("--out", default="runs/compare", help="folder for comparison.md and comparison.png")
     p.add_argument("--forecaster", default=None, help="the forecaster held to the targets (default: the first "
                    "evaluation's model)")
+    p.add_argument("--name", action="append", default=[], metavar="OLD=NEW",
+                   help="call forecaster OLD (a run's folder name, or a baseline's) NEW in the table; repeat for "
+                        "several (default: none)")
     return p
 
 
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
     if argv and argv[0] == "compare":
         args = compare_parser().parse_args(argv[1:])
         table = []
-        code = run(lambda: table.append(compare(args.folders, args.out, args.forecaster)))
+        code = run(lambda: table.append(compare(args.folders, args.out, args.forecaster, parse_names(args.name))))
         if code == 0:
             print(table[0])
             print(compare_summary(args.out))

@@ -61,10 +61,12 @@ def figures_of(r: dict, contexts: list[int]) -> dict:
                              for i in range(len(per[contexts[0]]["crps_by_step"]))]}
 
 
-def compare_folders(folders: list[str | Path]) -> list[Row]:
+def compare_folders(folders: list[str | Path], names: dict[str, str] | None = None) -> list[Row]:
     """Every (set, forecaster) of the evaluations in `folders`, the first evaluation's figures where
-    two score the same forecaster on the same set (the baselines, say). A forecaster scored on fewer
-    of a set's systems than the others (the first N, where it is slow) says so in its name."""
+    two score the same forecaster on the same set (the baselines, say); `names` renames forecasters.
+    A forecaster scored on fewer of a set's systems than the others (the first N, where it is slow)
+    says so in its name."""
+    names = names or {}
     evaluations = []
     for folder in folders:
         results = EvalFolder(folder).results()
@@ -78,7 +80,8 @@ def compare_folders(folders: list[str | Path]) -> list[Row]:
     for results in evaluations:
         n = len(results["systems"])
         for method, r in results["methods"].items():
-            name = method_name(results, method) + ("" if n == systems[set_name(results)] else f" (first {n})")
+            name = method_name(results, method)
+            name = names.get(name, name) + ("" if n == systems[set_name(results)] else f" (first {n})")
             if (set_name(results), name) not in seen:
                 seen.add((set_name(results), name))
                 rows.append(Row(set_name(results), name, figures_of(r, results["contexts"])))
@@ -103,10 +106,12 @@ def targets(rows: list[Row], forecaster: str) -> dict[str, dict[str, bool]]:
     return out
 
 
-def compare(folders: list[str | Path], out: str | Path, forecaster: str | None = None) -> str:
+def compare(folders: list[str | Path], out: str | Path, forecaster: str | None = None,
+            names: dict[str, str] | None = None) -> str:
     """comparison.md and comparison.png of the evaluations in `folders`, in `out`; `forecaster`
-    (default: the first evaluation's model) is held against the targets. Returns the table."""
-    rows = compare_folders(folders)
+    (default: the first evaluation's model) is held against the targets; `names` renames forecasters.
+    Returns the table."""
+    rows = compare_folders(folders, names)
     if not rows:
         raise UsageError("nothing to compare: give evaluation folders")
     forecaster = forecaster or rows[0].method
@@ -118,3 +123,11 @@ def compare(folders: list[str | Path], out: str | Path, forecaster: str | None =
     folder.write(table)
     plot_comparison(rows, folder / folder.FIGURE)
     return table
+
+
+def parse_names(pairs: list[str]) -> dict[str, str]:
+    """OLD=NEW pairs (eval.py compare --name) as {OLD: NEW}."""
+    bad = [p for p in pairs if "=" not in p or not p.split("=", 1)[0]]
+    if bad:
+        raise UsageError(f"--name {bad[0]}: expected OLD=NEW, e.g. f1=new-default")
+    return dict(p.split("=", 1) for p in pairs)
