@@ -47,6 +47,8 @@ def compare_parser() -> Parser:
     p.add_argument("--out", default="runs/compare", help="folder for comparison.md and comparison.png")
     p.add_argument("--forecaster", default=None, help="the forecaster held to the targets (default: the first "
                    "evaluation's model)")
+    p.add_argument("--skip", action="append", default=[], metavar="NAME",
+                   help="leave forecaster NAME (as the table calls it) out; repeat for several (default: none)")
     p.add_argument("--name", action="append", default=[], metavar="OLD=NEW",
                    help="call forecaster OLD (a run's folder name, or a baseline's) NEW in the table; repeat for "
                         "several (default: none)")
@@ -58,7 +60,8 @@ def main(argv=None) -> int:
     if argv and argv[0] == "compare":
         args = compare_parser().parse_args(argv[1:])
         table = []
-        code = run(lambda: table.append(compare(args.folders, args.out, args.forecaster, parse_names(args.name))))
+        code = run(lambda: table.append(compare(args.folders, args.out, args.forecaster, parse_names(args.name),
+                                                tuple(args.skip))))
         if code == 0:
             print(table[0])
             print(compare_summary(args.out))

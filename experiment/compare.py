@@ -107,11 +107,11 @@ def targets(rows: list[Row], forecaster: str) -> dict[str, dict[str, bool]]:
 
 
 def compare(folders: list[str | Path], out: str | Path, forecaster: str | None = None,
-            names: dict[str, str] | None = None) -> str:
+            names: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> str:
     """comparison.md and comparison.png of the evaluations in `folders`, in `out`; `forecaster`
-    (default: the first evaluation's model) is held against the targets; `names` renames forecasters.
-    Returns the table."""
-    rows = compare_folders(folders, names)
+    (default: the first evaluation's model) is held against the targets; `names` renames
+    forecasters, and those in `skip` (by their names in the table) are left out. Returns the table."""
+    rows = [r for r in compare_folders(folders, names) if r.method not in skip]
     if not rows:
         raise UsageError("nothing to compare: give evaluation folders")
     forecaster = forecaster or rows[0].method

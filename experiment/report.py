@@ -3,6 +3,7 @@ plan. Every function takes the numbers it shows and writes files; nothing here c
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -30,17 +31,19 @@ def save_figure(fig, path: Path, dpi: int) -> None:
 # one colour and line style per method in every figure, whatever the other methods are
 STYLES = {"persistence": ("#7f7f7f", ":"), "parroting": ("#ff7f0e", "--"), "ode_fit": ("#9467bd", "-."),
           "arima": ("#8c564b", "--"), "ets": ("#e377c2", "--"), "theta": ("#bcbd22", "--")}
-MODEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#17becf", "#000080", "#8b4513")
+MODEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#17becf", "#000080", "#e6ab02")
+SUBSET = re.compile(r" \(first \d+\)$")  # the same method, scored on a set's first systems only
 
 
 def line_of(method: str) -> dict:
     colour, ls = style_of(method)
-    return {"color": colour, "ls": ls}
+    return {"color": colour, "ls": ls, "alpha": 0.55 if SUBSET.search(method) else 1.0}
 
 
 def style_of(method: str) -> tuple[str, str]:
     """(colour, line style) of a method: fixed for the baselines, a colour picked from the method's
-    name (not its place in a list) for a model."""
+    name (not its place in a list) for a model; a method scored on a subset of the systems keeps its own."""
+    method = SUBSET.sub("", method)
     if method in STYLES:
         return STYLES[method]
     return MODEL_COLOURS[zlib.crc32(method.encode()) % len(MODEL_COLOURS)], "-"
@@ -288,7 +291,7 @@ def comparison_markdown(rows, met: dict, forecaster: str) -> str:
         lines.append(f"| {r.set} | {name} | " + " | ".join(f"{f['ctx_mae'][c]:.4f}" for c in ctxs)
                      + f" | {f['mae']:.4f} | {f['crps']:.4f} | {cell(f['cov50'], 3)} | {cell(f['cov90'], 3)} | "
                      + f"{cell(f['widest'], 2)} | {f['flops']:.3g} |")
-    names = list(next(iter(met.values()), {}))
+    names = list(dict.fromkeys(target for m in met.values() for target in m))
     check = ["| target | " + " | ".join(met) + " |", "| --- |" + " :---: |" * len(met)]
     for target in names:
         check.append(f"| {target} | " + " | ".join("yes" if m.get(target) else ("-" if target not in m else "**no**")
@@ -305,15 +308,15 @@ def plot_comparison(rows, path: Path) -> None:
     fig, axes = plt.subplots(2, len(sets), figsize=(4.2 * len(sets), 7), squeeze=False, sharex=True)
     for j, name in enumerate(sets):
         for r in (r for r in rows if r.set == name):
-            colour, ls = style_of(r.method)
             steps = np.arange(1, len(r.figures["mae_by_step"]) + 1)
-            axes[0, j].plot(steps, r.figures["mae_by_step"], color=colour, ls=ls, label=r.method)
-            axes[1, j].plot(steps, r.figures["crps_by_step"], color=colour, ls=ls, label=r.method)
+            axes[0, j].plot(steps, r.figures["mae_by_step"], label=r.method, **line_of(r.method))
+            axes[1, j].plot(steps, r.figures["crps_by_step"], label=r.method, **line_of(r.method))
         axes[0, j].set_title(name)
         axes[1, j].set_xlabel("steps ahead")
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
             ax.set_yscale("log")
+            ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-3))  # an exact forecast (0) would flatten the rest
     axes[0, 0].set_ylabel("MAE (scaled units)")
     axes[1, 0].set_ylabel("CRPS (scaled units)")
     handles, labels = {}, {}
