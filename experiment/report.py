@@ -13,6 +13,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from data.files import atomic_write  # noqa: E402
 from flops import Ledger  # noqa: E402
@@ -29,9 +30,10 @@ def save_figure(fig, path: Path, dpi: int) -> None:
 
 
 # one colour and line style per method in every figure, whatever the other methods are
-STYLES = {"persistence": ("#7f7f7f", ":"), "parroting": ("#ff7f0e", "--"), "ode_fit": ("#9467bd", "-."),
+STYLES = {"model": ("#1f77b4", "-"), "persistence": ("#7f7f7f", ":"), "parroting": ("#ff7f0e", "--"),
+          "ode_fit": ("#9467bd", "-."),
           "arima": ("#8c564b", "--"), "ets": ("#e377c2", "--"), "theta": ("#bcbd22", "--")}
-MODEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#17becf", "#000080", "#e6ab02")
+MODEL_COLOURS = ("#e6ab02", "#d62728", "#2ca02c", "#17becf", "#000080", "#c51b7d")
 SUBSET = re.compile(r" \(first \d+\)$")  # the same method, scored on a set's first systems only
 
 
@@ -135,7 +137,8 @@ def mean_over(per: dict, ctxs, key: str) -> float | None:
 def plot_horizon(results: dict, path: Path, title: str | None = None) -> None:
     """MAE against steps ahead, a panel per species and context, and CRPS (both species) below; a line per method."""
     ctxs = results["contexts"]
-    fig, axes = plt.subplots(3, len(ctxs), figsize=(5 * len(ctxs), 9.5), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(3, len(ctxs), figsize=(5 * len(ctxs), 9.5), squeeze=False, sharex=True,
+                             layout="constrained")
     steps = np.arange(1, results["horizon"] + 1)
     for j, c in enumerate(ctxs):
         for method, r in results["methods"].items():
@@ -154,9 +157,10 @@ def plot_horizon(results: dict, path: Path, title: str | None = None) -> None:
     for ax in axes[-1]:
         ax.set_xlabel("steps ahead")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8)
-    fig.suptitle(title or f"{results.get('model', '')} on {Path(str(results.get('data', ''))).name}", y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.suptitle(title or f"{results.get('model', '')} on {Path(str(results.get('data', ''))).name}")
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=8)
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save_figure(fig, path, 110)
 
 
@@ -168,34 +172,45 @@ def plot_forecasts(values, time, forecasts: dict, systems: list[int], picks: lis
                    title: str = "") -> None:
     """Fan charts: for the systems at positions `picks`, a row per system and species, a column per
     context: the truth (context and what followed), and each method's median with its 50% and 90%
-    central intervals, every method in its own colour; the context's end marked."""
+    central intervals, every method in its own colour and line style; the context's end marked. The
+    y range is the truth's and the medians', so a wide band does not flatten the rest."""
     picks = [p for p in picks if 0 <= p < len(values)] or [0]
-    fig, axes = plt.subplots(2 * len(picks), len(ctxs), figsize=(6 * len(ctxs), 2.6 * 2 * len(picks)), squeeze=False)
+    banded = any(not as_forecast(per_ctx[c]).point for per_ctx in forecasts.values() for c in ctxs)
+    fig, axes = plt.subplots(2 * len(picks), len(ctxs), figsize=(6 * len(ctxs), 2.6 * 2 * len(picks)), squeeze=False,
+                             layout="constrained")
     for r, pos in enumerate(picks):
         for c, ctx in enumerate(ctxs):
             for i, species in enumerate(SPECIES):
                 ax = axes[2 * r + i, c]
-                ax.plot(time[:ctx + horizon], values[pos, :ctx + horizon, i], color="black", lw=1.3, label="truth")
+                truth = values[pos, :ctx + horizon, i]
+                ax.plot(time[:ctx + horizon], truth, color="black", lw=1.3, label="truth")
+                shown = [truth]
                 for method, per_ctx in forecasts.items():
                     fc, (colour, ls), t = as_forecast(per_ctx[ctx]), style_of(method), time[ctx:ctx + horizon]
                     if not fc.point:
                         for width, shade in ((0.9, 0.15), (0.5, 0.3)):
                             low, high = fc.quantile((1 - width) / 2)[pos, :, i], fc.quantile((1 + width) / 2)[pos, :, i]
                             ax.fill_between(t, low, high, color=colour, alpha=shade, lw=0)
-                    ax.plot(t, fc.median()[pos, :, i], color=colour, lw=1.2, ls=ls, label=method)
+                    median = fc.median()[pos, :, i]
+                    ax.plot(t, median, color=colour, lw=1.2, ls=ls, label=method)
+                    shown.append(median)
+                low, high = min(float(np.min(s)) for s in shown), max(float(np.max(s)) for s in shown)
+                pad = 0.1 * (high - low or 1.0)
+                ax.set_ylim(max(low - pad, 0.0) if low >= 0 else low - pad, high + pad)
                 ax.axvline(time[ctx - 1], color="grey", lw=0.8, ls=":")
-                ax.annotate("context end", (time[ctx - 1], 1), xycoords=("data", "axes fraction"), fontsize=7,
-                            ha="right", va="top", rotation=90, color="grey")
+                ax.annotate("context end", (time[ctx - 1], 0.97), xycoords=("data", "axes fraction"), fontsize=7,
+                            ha="right", va="top", color="grey", xytext=(-3, 0), textcoords="offset points")
                 ax.set_title(f"system {systems[pos]}, {species}, context {ctx}", fontsize=9)
                 ax.set_ylabel(f"{species} (file's units)")
                 ax.set_xlabel("time (file's units)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    handles += [plt.Rectangle((0, 0), 1, 1, color="grey", alpha=0.3), plt.Rectangle((0, 0), 1, 1, color="grey", alpha=0.15)]
-    labels += ["50% interval", "90% interval"]
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8)
+    if banded:
+        handles += [plt.Rectangle((0, 0), 1, 1, color="grey", alpha=0.3), plt.Rectangle((0, 0), 1, 1, color="grey",
+                                                                                       alpha=0.15)]
+        labels += ["50% interval", "90% interval"]
     if title:
-        fig.suptitle(title, y=0.999, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+        fig.suptitle(title, fontsize=10)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=8)
     save_figure(fig, path, 100)
 
 
@@ -267,8 +282,8 @@ def plan_figures(a, out, evals: dict, folders: dict) -> list[tuple[str, str]]:
             forecasts[label] = {c: saved[f"{key}|{c}"] for c in first["contexts"]}
     if forecasts:
         values = saved[f"truth|{max(first['contexts'])}"]
-        plot_forecasts(values, saved["time"], forecasts, list(saved["systems"]), a.plot_systems, first["contexts"],
-                       first["horizon"], out / out.FORECAST_PLOT)
+        plot_forecasts(values, saved["time"], forecasts, list(saved["systems"]), a.plots(len(saved["systems"])),
+                       first["contexts"], first["horizon"], out / out.FORECAST_PLOT)
         figures.append(("Forecasts against the truth for chosen validation systems, the three models overlaid",
                         out.FORECAST_PLOT))
     for label, name in folders.items():
