@@ -20,11 +20,11 @@ from __future__ import annotations
 import sys
 
 from commandline import Parser, prose
-from experiment.cli import add_settings, given, run
+from experiment.cli import add_settings, given, point_elsewhere, run
 from experiment.compare import compare, parse_names
-from experiment.forecast import evaluate
+from experiment.forecast import evaluate, with_base_model
 from experiment.report import results_markdown
-from experiment.settings import EvalSettings
+from experiment.settings import EvalSettings, TrainSettings
 from experiment.summaries import compare_summary, eval_summary
 
 
@@ -35,7 +35,7 @@ def parser() -> Parser:
         "python eval.py --model tiny-random --limit 8 --samples 20 --temperature 0.7 --baselines parroting arima",
         "python eval.py --data runs/sets/shifted.h5 --split all --scale-from data/lotka_volterra_data.h5 --out runs/e"],
         subcommands={"compare": "several evaluations side by side, with the targets a forecaster is held to"})
-    return add_settings(p, EvalSettings)
+    return point_elsewhere(add_settings(p, EvalSettings), **{"python train.py": TrainSettings})
 
 
 def compare_parser() -> Parser:
@@ -66,9 +66,10 @@ def main(argv=None) -> int:
             print(table[0])
             print(compare_summary(args.out))
         return code
-    s = EvalSettings(**given(parser().parse_args(argv)))
+    flags = given(parser().parse_args(argv))
+    s = EvalSettings(**flags)
     results = {}
-    code = run(lambda: results.update(evaluate(s)),
+    code = run(lambda: results.update(evaluate(EvalSettings(**with_base_model(flags)))),
                interrupted=f"stopped: no results written; the batches generated so far are charged to {s.ledger}, "
                            "and the same command again charges only the rest")
     if code == 0:

@@ -43,6 +43,7 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, prog: str, description: str, examples: list[str] | tuple[str, ...] = (),
                  subcommands: dict[str, str] | None = None, **kw):
         self.subcommands = dict(subcommands or {})
+        self.elsewhere: dict[str, str] = {}  # an option of another command -> that command, for the error
         epilog = ""
         if examples:
             epilog += "examples:\n" + "\n".join(f"  {e}" for e in examples)
@@ -78,6 +79,8 @@ class Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments: "):
             for token in message.removeprefix("unrecognized arguments: ").split():
                 name = token.split("=")[0]
+                if name in self.elsewhere:
+                    return f"; {name} is an option of {self.elsewhere[name]}"
                 pool = options if name.startswith("-") else list(self.subcommands)
                 close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
                 if close:

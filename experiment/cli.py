@@ -47,9 +47,24 @@ def add_settings(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) ->
             kw["metavar"] = meta["metavar"]
         if meta.get("flag") == "append":
             kw["action"] = "append"
-        elif isinstance(default, list):
+        elif isinstance(default, list) or meta.get("nargs"):  # given twice (`--ctx 40 --ctx 80`), both are kept
             kw["nargs"] = meta.get("nargs") or "+"
+            kw["action"] = "extend"
         p.add_argument(flag, **kw)
+    return p
+
+
+def options_of(cls) -> set[str]:
+    """The flags `add_settings` makes for the settings dataclass `cls`."""
+    return {"--" + f.name.replace("_", "-") for f in fields(cls)}
+
+
+def point_elsewhere(p: Parser, **commands) -> Parser:
+    """Let `p` answer an option that belongs to another command by naming that command:
+    `commands` maps a command line (`python eval.py`) to its settings dataclass."""
+    own = {s for a in p._actions for s in a.option_strings}
+    for command, cls in commands.items():
+        p.elsewhere.update({flag: command for flag in options_of(cls) - own if flag not in p.elsewhere})
     return p
 
 

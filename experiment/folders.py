@@ -72,6 +72,18 @@ class RunFolder:
         run = cls(Path(weights).parent)
         return run if Path(weights).name in cls.WEIGHTS and (run.path / cls.CONFIG).is_file() else None
 
+    def refuse_as_model(self) -> None:
+        """A run folder given as --model is not a model: say which of its folders is, or how its
+        adapter is evaluated. Nothing for a folder that is not a run's."""
+        if not (self.path / self.CONFIG).is_file() or not (self.path / self.CHECKPOINT).is_file():
+            return
+        if self.weights("best", full=True).is_dir():
+            raise UsageError(f"--model {self.path}: a train.py run folder, not a model; its model is "
+                             f"--model {self.weights('best', full=True)}")
+        base = self.read_config().get("model")
+        raise UsageError(f"--model {self.path}: a train.py run folder of a LoRA adapter, not a model; evaluate it "
+                         f"with --model {base} --adapter {self.path}")
+
     def weights(self, kind: str, full: bool) -> Path:
         """The best or last weights: model_{kind}/ for a full run, else adapter_{kind}/."""
         return self.path / f"{'model' if full else 'adapter'}_{kind}"
@@ -89,12 +101,13 @@ class RunFolder:
                 "checkpoint": self.path / self.CHECKPOINT}
 
     # --- what the folder holds ---------------------------------------------------------------------
-    def is_run(self) -> bool:
+    def is_run(self, flag: str = "--out") -> bool:
         """Whether the folder is a run that can be continued; refuses a folder that is in the way.
-        False for a folder that does not exist or is empty (a new run starts there)."""
+        False for a folder that does not exist or is empty (a new run starts there). `flag`: the
+        option that named the folder, for the error."""
         out = self.path
         if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {out}: is a file, not a run folder")
+            raise UsageError(f"{flag} {out}: is a file, not a run folder")
         if not out.exists():
             return False
         present = {p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))}
@@ -103,6 +116,9 @@ class RunFolder:
         if {self.CONFIG, self.CHECKPOINT} <= present:
             return True
         missing = self.CHECKPOINT if self.CONFIG in present else self.CONFIG
+        if flag == "--resume":
+            raise UsageError(f"--resume {out}: not a run folder (no {missing}); --resume takes a folder that "
+                             f"train.py wrote, with {self.CONFIG} and {self.CHECKPOINT}")
         raise UsageError(f"--out {out}: holds files but no run to continue (no {missing}); choose another --out, "
                          f"or empty the folder to start there")
 
@@ -218,10 +234,16 @@ class FolderLock:
 def resume_settings(directory: str | Path, **given) -> TrainSettings:
     """The settings of the run in `directory`, with the flags the user gave (`given`) over them."""
     run = RunFolder(directory)
-    if not run.is_run():
+    if not run.is_run("--resume"):
         raise UsageError(f"--resume {directory}: no run there (expected {run.CONFIG} and {run.CHECKPOINT})")
-    saved = from_config(TrainSettings, run.read_config())
-    return TrainSettings(**{**as_config(saved), **given, "out": str(run.path.resolve())})
+    saved = as_config(from_config(TrainSettings, run.read_config()))
+    resumed = TrainSettings(**{**saved, **given, "out": str(run.path.resolve())})
+    k = first_difference(resumed, saved)
+    if k is not None and k in given:
+        flag = "--" + k.replace("_", "-")
+        raise UsageError(f"--resume {directory}: the run was trained with {flag} {saved[k]}, and a resumed run "
+                         f"keeps it; drop {flag} {given[k]} to continue it, or start a new run with --out")
+    return resumed
 
 
 class EvalFolder:

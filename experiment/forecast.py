@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 import lora
-from data.files import file_digest
+from data.files import file_digest, read_json_object
 from flops import Convention, Ledger, get_convention
 from qwen_min import ModelSource, device_and_dtype, open_model
-from qwen_min.weights import empty_model
+from qwen_min.weights import empty_model, is_preset
 
 from .baseline_runs import Selection, forecast_baselines, select
 from .encodings import Encoding, adapter_encoding, encoding_of
@@ -52,7 +53,26 @@ def resolve_adapter(path: str) -> Path:
     best = RunFolder(p).weights("best", full=False)
     if (best / lora.adapter.CONFIG_FILE).is_file():
         return best
+    if (p / "model.safetensors").is_file() or RunFolder(p).weights("best", full=True).is_dir():
+        model = p if (p / "model.safetensors").is_file() else RunFolder(p).weights("best", full=True)
+        raise UsageError(f"--adapter {path}: a whole model (model.safetensors), not a LoRA adapter; "
+                         f"evaluate it with --model {model}")
     raise UsageError(f"--adapter {path}: no {lora.adapter.CONFIG_FILE} there (nor in {best})")
+
+
+def with_base_model(flags: dict) -> dict:
+    """Evaluation flags with --model taken from the first --adapter when it was not given: the base
+    model its run trained (config.json), else the one its adapter_config.json names, where that is
+    a preset or a directory here (a hub id is the default's business)."""
+    if "model" in flags or not flags.get("adapter"):
+        return flags
+    path = resolve_adapter(flags["adapter"][0])
+    run = RunFolder.containing(path)
+    base = run.read_config().get("model") if run else \
+        read_json_object(path / lora.adapter.CONFIG_FILE, UsageError).get("base_model_name_or_path")
+    if isinstance(base, str) and (is_preset(base) or Path(base).is_dir()):
+        return {**flags, "model": base}
+    return flags
 
 
 def adapter_label(path: Path) -> str:
@@ -133,11 +153,12 @@ def forecast_batches(model, tok, encoding: Encoding, values: np.ndarray, s: Eval
 
 def forecast_language_models(s: EvalSettings, sel: Selection, source: ModelSource, adapters: list[GivenAdapter],
                              tok, ledger: Ledger, key: str, bar, device: torch.device, dtype: torch.dtype):
-    """({label: forecasts}, {label: failed steps}, {label: FLOPs}) for the untuned model (unless
+    """({label: forecasts}, {label: failed steps}, {label: FLOPs}, FLOPs charged now: a batch an
+    earlier run of the same evaluation charged is not charged again) for the untuned model (unless
     --no-base) and each adapter, each charged to the ledger batch by batch, each refused before any
     FLOP if the ledger can't pay for its bound."""
     convention, encoding = get_convention(ledger.convention), encoding_of(s.encoding)
-    forecasts, failed, flops = {}, {}, {}
+    forecasts, failed, flops, charged = {}, {}, {}, [0.0]
     for label, adapter in ([] if (adapters and s.no_base) else [("model", None)]) + [(a.label, a.adapter)
                                                                                       for a in adapters]:
         model = forecast_model(source, encoding, s.seed, device, dtype, adapter)
@@ -147,12 +168,14 @@ def forecast_language_models(s: EvalSettings, sel: Selection, source: ModelSourc
                              f"{ledger.refresh().remaining:.3e} remain")
 
         def charge(first, end, spent, label=label):  # one key per batch: a re-run charges only what was not
-            ledger.charge(key, "eval", spent, name=s.ledger_name, tokens=0, steps=0, key=f"{label}|systems{first}-{end}")
+            if ledger.charge(key, "eval", spent, name=s.ledger_name, tokens=0, steps=0,
+                             key=f"{label}|systems{first}-{end}"):
+                charged[0] += spent
         samples, failed[label], flops[label] = forecast_batches(model, tok, encoding, sel.values, s, sel.alpha,
                                                                convention, bar, charge)
         forecasts[label] = {ctx: Forecast(samples[ctx]) for ctx in s.contexts}
         del model
-    return forecasts, failed, flops
+    return forecasts, failed, flops, charged[0]
 
 
 # --- the whole evaluation --------------------------------------------------------------------------
@@ -162,19 +185,25 @@ def evaluate(s: EvalSettings, source: ModelSource | None = None) -> dict:
     s.check()
     folder = EvalFolder(s.out)
     check_writable(folder.path)  # a file there, or a folder that can't be written, is refused before any FLOP
+    RunFolder(s.model).refuse_as_model()
     source = source or open_model(s.model)
     adapters = given_adapters(s, source)
     s = s.resolved(resolve_encoding(s, source, adapters))
     sel = select(s)
+    s.check_plots(len(sel.systems))
+    if not s.quiet and (folder / folder.RESULTS).exists():
+        print(f"{folder.path}: replacing the evaluation there (--out another folder keeps it)", file=sys.stderr)
     device, dtype = device_and_dtype(s.device, s.dtype)
     tok = source.tokenizer(s.encoding)
     key = identity(s, sel, source, adapters)
     ledger = Ledger.open(s.ledger, s.budget, s.convention)
     n_models = len(adapters) + (0 if (adapters and s.no_base) else 1)
-    bar = None if s.quiet else tqdm(total=n_models * len(sel.values) + (len(sel.values) if "ode_fit" in s.methods else 0),
-                                    desc="systems", dynamic_ncols=True)
+    fitted = "ode_fit" in s.methods
+    bar = None if s.quiet else tqdm(total=(n_models + fitted) * len(sel.values), dynamic_ncols=True,
+                                    desc=f"{len(sel.values)} systems x {n_models} model{'s' * (n_models > 1)}"
+                                         + (" and the ODE fit" if fitted else ""))
     try:
-        forecasts, failed, flops = forecast_language_models(s, sel, source, adapters, tok, ledger, key, bar, device,
+        forecasts, failed, flops, charged = forecast_language_models(s, sel, source, adapters, tok, ledger, key, bar, device,
                                                             dtype)
         baselines, about = forecast_baselines(s, sel, bar)
         forecasts.update(baselines)
@@ -189,7 +218,7 @@ def evaluate(s: EvalSettings, source: ModelSource | None = None) -> dict:
                "encoding": s.encoding,
                "decoding": {"samples": s.samples, "temperature": s.temperature,
                             "grammar": encoding_of(s.encoding).grammar_text(s.decimals)},
-               "convention": ledger.convention, "flops": sum(flops.values()), "baselines": about,
+               "convention": ledger.convention, "flops": sum(flops.values()), "charged": charged, "baselines": about,
                "ode_fit": about.get("ode_fit", {}),
                "methods": score_methods(forecasts, truth, sel.alpha, s.contexts, failed, flops)}
     write_results(s, folder, sel, results, forecasts)
@@ -205,5 +234,5 @@ def write_results(s: EvalSettings, folder: EvalFolder, sel: Selection, results: 
                  for q in (0.05, 0.25, 0.75, 0.95) if not forecasts[m][ctx].point}}
     folder.write(results, results_markdown(results), arrays)
     plot_horizon(results, folder / folder.HORIZON_PLOT)
-    plot_forecasts(sel.values, sel.time, forecasts, sel.systems, s.plot_systems, s.contexts, s.horizon,
+    plot_forecasts(sel.values, sel.time, forecasts, sel.systems, s.plots(len(sel.systems)), s.contexts, s.horizon,
                    folder / folder.FORECAST_PLOT, title=f"{s.model}, {s.split} systems of {Path(s.data).name}")

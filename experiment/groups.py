@@ -171,8 +171,8 @@ class Windows(Group):
 class Forecasting(Group):
     ctx: list[int] = opt([40, 80], "context lengths in time steps", type=int)
     horizon: int = opt(20, "steps to forecast")
-    plot_systems: list[int] = opt([0, 1, 2], "positions in the evaluated list to draw forecasts for", type=int,
-                                  nargs="*")
+    plot_systems: list[int] | None = opt(None, "positions in the evaluated list to draw forecasts for (default: "
+                                         "0 1 2, those there are)", type=int, nargs="*")
 
     def check(self) -> None:
         if any(c < 1 for c in self.ctx) or self.horizon < 1:
@@ -183,6 +183,17 @@ class Forecasting(Group):
     def contexts(self) -> list[int]:
         """The context lengths, each once, shortest first."""
         return sorted(set(self.ctx))
+
+    def check_plots(self, n_systems: int) -> None:
+        """Refuse --plot-systems positions that are not among the `n_systems` evaluated."""
+        outside = [p for p in self.plot_systems or [] if not 0 <= p < n_systems]
+        if outside:
+            raise UsageError(f"--plot-systems {' '.join(map(str, outside))}: outside the {n_systems} systems "
+                             f"evaluated (positions 0 to {n_systems - 1})")
+
+    def plots(self, n_systems: int) -> list[int]:
+        """The positions drawn: --plot-systems, else the first three of the `n_systems` there are."""
+        return self.plot_systems if self.plot_systems is not None else list(range(min(3, n_systems)))
 
 
 @dataclass(frozen=True)

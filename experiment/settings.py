@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from data.baselines import STATISTICAL
@@ -73,6 +73,15 @@ class CommonTrain(Machine, LoRAShape, ValueHead, Encoded, Windows, Work, Charged
         if not 0 < self.train_fraction <= 1:
             raise UsageError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
         super().check()
+
+    def check_head_flags(self, given: dict) -> None:
+        """Refuse the value head's flags among those `given` when the resolved encoding has no value
+        head, rather than record flags that change nothing."""
+        if encoding_of(self.encoding).spec(self.components, self.value_space, 1) is not None:
+            return
+        head = [f"--{f.name.replace('_', '-')} {given[f.name]}" for f in fields(ValueHead) if f.name in given]
+        need(not head, f"{' and '.join(head)}: settings of the continuous value head; this run reads "
+                       f"{self.encoding} text (--encoding continuous has the head)")
 
     def resolved(self, encoding: str | None = None):
         """With the encoding (`encoding`: what the model reads when none was asked for), the preset

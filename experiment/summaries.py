@@ -72,7 +72,18 @@ def eval_summary(out: Path | str, results: dict, ledger: Path | str) -> str:
         head += (f": lowest combined MAE {methods[best]['combined_mae']:.4f} by {best}"
                  + (f" (CRPS {crps:.4f})" if crps is not None else ""))
     return "\n".join([head, *files_block(EvalFolder(out).files()),
-                      f"FLOPs: {results['flops']:.3e} computed by the language models; " + ledger_line(ledger)])
+                      f"FLOPs: {results['flops']:.3e} computed by the language models{charged_note(results)}; "
+                      + ledger_line(ledger)])
+
+
+def charged_note(results: dict) -> str:
+    """What of an evaluation's FLOPs an earlier run of the same evaluation had charged already."""
+    computed, charged = results["flops"], results.get("charged", results["flops"])
+    if charged >= computed:
+        return ""
+    if charged == 0:
+        return " (already charged by an earlier run of this evaluation: nothing charged now)"
+    return f" ({charged:.3e} charged now, the rest by an earlier run of this evaluation)"
 
 
 def plan_summary(out: Path | str) -> str:

@@ -82,6 +82,7 @@ class Trainer:
         self.out = self.folder.path
         self.continuing = self.folder.is_run()
         check_writable(self.out)
+        RunFolder(s.model).refuse_as_model()
         self.source = source or open_model(s.model)
         self.encoding = encoding_of(s.encoding)
         self.encoding.check_model(self.source, s.spec)

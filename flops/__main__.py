@@ -14,7 +14,8 @@ from pathlib import Path
 
 from commandline import Parser
 from experiment.models import meta_model
-from qwen_min import LoadError, QwenConfig
+from qwen_min import LoadError, QwenConfig, open_model
+from qwen_min.presets import is_preset
 
 from .conventions import CONVENTIONS
 from .ledger import Ledger, LedgerError
@@ -28,12 +29,14 @@ def table_parser() -> Parser:
     p = Parser("python -m flops", "Per-component FLOPs of one forward pass.", examples=[
         "python -m flops --seq-len 512 --convention coursework   # the reference report's Table 3, side by side",
         "python -m flops --seq-len 512 --rank 8 --json",
+        "python -m flops --config scratch-1m --seq-len 100",
         "python -m flops ledger runs/ledger.json                 # the experiments charged to a budget"],
         subcommands={"ledger": "print a FLOPs ledger's experiments and what is left of its budget"})
     p.add_argument("--seq-len", type=int, default=512, help="tokens in the sequence")
     p.add_argument("--convention", choices=sorted(CONVENTIONS), default="exact",
                    help="exact: what the code computes; coursework: the reference report's rules")
-    p.add_argument("--config", default=None, help="a config.json (default: Qwen2.5-0.5B's)")
+    p.add_argument("--config", default=None, help="a config.json, a model directory or a preset (tiny-random, "
+                   "scratch-1m, scratch-5m, scratch-20m) (default: Qwen2.5-0.5B's)")
     p.add_argument("--rank", type=int, default=0, help="LoRA rank, 0 for no adapters")
     p.add_argument("--targets", default="q_proj,v_proj", help="comma-separated LoRA targets")
     p.add_argument("--json", action="store_true", help="print component name -> FLOPs as JSON (default: a table)")
@@ -48,13 +51,21 @@ def ledger_parser() -> Parser:
     return p
 
 
+def config_of(name: str) -> QwenConfig:
+    """--config: a preset's, a model directory's or a hub id's config (the one it reads by default), or
+    a config.json."""
+    if is_preset(name) or not Path(name).is_file():
+        return open_model(name).config()
+    return QwenConfig.from_json(name)
+
+
 def table_main(argv) -> int:
     args = table_parser().parse_args(argv)
     if args.seq_len < 1 or args.rank < 0:
         print("error: --seq-len must be >= 1 and --rank >= 0", file=sys.stderr)
         return 2
     try:
-        config = QwenConfig.from_json(args.config) if args.config else None
+        config = config_of(args.config) if args.config else None
         model = meta_model(config, args.rank, tuple(t for t in args.targets.split(",") if t))
     except (LoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from .errors import LoadError
@@ -27,6 +28,9 @@ def resolve_dir(name_or_path: str | Path, alternatives: tuple[str, ...] = ()) ->
         return path
     name = str(name_or_path)
     if not looks_like_hub_id(name):
+        close = difflib.get_close_matches(name, alternatives, n=1)
+        if close:
+            raise LoadError(f"{name}: no such directory or preset; did you mean {close[0]}?")
         others = f", or one of {', '.join(alternatives)}" if alternatives else ""
         raise LoadError(f"{name}: no such directory (expected a local model directory, a hub id such as "
                         f"Qwen/Qwen2.5-0.5B-Instruct{others})")
@@ -39,7 +43,8 @@ def resolve_dir(name_or_path: str | Path, alternatives: tuple[str, ...] = ()) ->
         return Path(snapshot_download(repo_id=name, allow_patterns=HUB_PATTERNS))
     except LocalEntryNotFoundError:
         raise LoadError(f"{name}: not in the local Hugging Face cache and the hub can't be reached (offline?); "
-                        f"download it where there is a network, or pass a local directory") from None
+                        f"download it where there is a network (hf download {name} --local-dir models/{name.split('/')[1].lower()}), "
+                        f"then pass that directory") from None
     except RepositoryNotFoundError:
         raise LoadError(f"{name}: no such repository on the Hugging Face hub (or it needs a token)") from None
     except Exception as e:  # network errors come in many types; all mean the same to the user

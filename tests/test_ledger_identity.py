@@ -147,9 +147,10 @@ def test_a_folder_that_is_not_a_run_is_not_overwritten(series_file, tmp_path, ca
     run = tmp_path / "run"
     assert train.main(train_args(series_file, tmp_path / "l.json", run, "--max-steps", "2")) == 0
     (run / "checkpoint.pt").unlink()
-    for argv in (train_args(series_file, tmp_path / "l.json", run), ["--resume", str(run), "--quiet"]):
+    for argv, says in ((train_args(series_file, tmp_path / "l.json", run), "holds files but no run to continue"),
+                       (["--resume", str(run), "--quiet"], "not a run folder (no checkpoint.pt)")):
         assert train.main(argv) == 2
-        assert "no run" in capsys.readouterr().err
+        assert says in capsys.readouterr().err
 
 
 def test_leftovers_of_killed_writes_are_cleaned_and_files_get_the_umasks_mode(series_file, tmp_path):

@@ -159,7 +159,19 @@ def test_a_crafted_checkpoint_runs_no_code(series_file, tmp_path, capsys):
 def test_resume_refuses_a_changed_clip(series_file, tmp_path, capsys):
     assert train.main(train_args(series_file, tmp_path)) == 0
     one_line(capsys, train.main(["--resume", str(tmp_path / "run"), "--clip", "0.5", "--max-steps", "6", "--quiet"]),
-             "holds a run with other settings (clip: 0.0 there, 0.5 now)")
+             "the run was trained with --clip 0.0, and a resumed run keeps it; drop --clip 0.5 to continue it, "
+             "or start a new run with --out")
+
+
+def test_resume_of_a_folder_that_is_no_run_names_resume(tmp_path, capsys):
+    """`--resume data` (the project's own package, or any folder of files) is not a run: the line names
+    --resume and what it takes, and never advises emptying the folder."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "simulate.py").write_text("")
+    one_line(capsys, train.main(["--resume", str(folder), "--quiet"]),
+             f"--resume {folder}: not a run folder (no config.json); --resume takes a folder that train.py wrote, "
+             "with config.json and checkpoint.pt")
 
 
 # --- data files ------------------------------------------------------------------------------------

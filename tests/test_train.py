@@ -185,5 +185,5 @@ def test_resume_reads_abbreviated_flags_as_given(series_file, tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["max_steps"] == 4
     capsys.readouterr()
     assert train.main(["--resume", str(out), "--drop", "0.2", "--max", "6", "--quiet"]) == 2
-    assert "holds a run with other settings (dropout: 0.0 there, 0.2 now)" in capsys.readouterr().err
+    assert "the run was trained with --dropout 0.0, and a resumed run keeps it; drop --dropout 0.2" in capsys.readouterr().err
     assert json.loads((out / "summary.json").read_text())["steps"] == 4

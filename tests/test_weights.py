@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qwen_min import LoadError, load_pretrained, parse_device, save_pretrained
+from qwen_min.weights import open_model
 
 from .conftest import ROOT, tiny_model
 
@@ -154,8 +155,16 @@ def test_hub_id_offline_without_cache_is_one_clear_error(tmp_path):
             "except LoadError as e:\n    print(e)\n")
     out = run_offline(code, tmp_path / "hf")
     assert out.returncode == 0, out.stderr
+    command = "hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir models/qwen2.5-0.5b-instruct"
     assert out.stdout.strip() == ("Qwen/Qwen2.5-0.5B-Instruct: not in the local Hugging Face cache and the hub can't "
-                                  "be reached (offline?); download it where there is a network, or pass a local directory")
+                                  f"be reached (offline?); download it where there is a network ({command}), "
+                                  "then pass that directory")
+    assert command in (ROOT / "README.md").read_text()  # the README's way to get the model is the same command
+
+
+def test_a_mistyped_preset_gets_the_closest_name():
+    with pytest.raises(LoadError, match=r"^tiny-rnadom: no such directory or preset; did you mean tiny-random\?$"):
+        open_model("tiny-rnadom")
 
 
 def test_hub_id_loads_from_the_cache_offline(model_dir, tmp_path):
