@@ -1,6 +1,7 @@
-"""The README's Python examples run as written on a CPU-only machine, in a fresh folder, with the
-offline tiny random model in place of the hub id (no weights can be downloaded here); the files they
-say they write exist, and the merged export they make loads with `python -m qwen_min`."""
+"""The README is what a user reads first, so what it says is checked: it stays short; every link in it
+and in docs/ leads somewhere; its (and docs/') Python examples run as written on a CPU-only machine,
+in a fresh folder, with the offline tiny random model in place of the hub id, and what they say they
+write exists; the first hour's commands print what it quotes; the test count it gives is the suite's."""
 
 from __future__ import annotations
 
@@ -19,8 +20,15 @@ from .conftest import ROOT
 HUB_ID = "Qwen/Qwen2.5-0.5B-Instruct"
 
 
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def blocks(path, kind: str = "python") -> list[str]:
+    return blocks_of(path.read_text(), kind)
+
+
 def python_blocks() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), flags=re.S | re.M)
+    return [b for path in DOCUMENTS for b in blocks(path)]
 
 
 def run(args: list[str], cwd) -> subprocess.CompletedProcess:
@@ -51,3 +59,75 @@ def test_cuda_asked_of_a_cpu_only_torch_is_one_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(LoadError, match=r"device 'cuda': this torch .* has no CUDA device"):
         load_pretrained("tiny-random", device="cuda")
+
+
+def test_the_readme_is_short_and_speaks_to_its_reader():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.encode()) <= 15_000
+    for word in ("issue", "session", "round"):
+        assert word not in text.lower(), word
+
+
+def test_every_link_of_the_readme_and_the_docs_leads_somewhere():
+    for path in DOCUMENTS:
+        for target in re.findall(r"\]\(([^)#]+)\)", path.read_text()):
+            if not target.startswith(("http://", "https://")):
+                assert (path.parent / target).exists(), f"{path.name} links to {target}, which is not there"
+
+
+def normalised(text: str) -> str:
+    return re.sub(r"\d+ s of steps", "N s of steps", text).strip()
+
+
+def test_the_first_hour_prints_what_the_readme_quotes(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    first_hour = readme.split("## A first hour on a CPU", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for line in blocks_of(first_hour, "bash")[0].splitlines()]
+    train_cmd, eval_cmd = (next(c for c in commands if c.startswith(f"python {s}.py")) for s in ("train", "eval"))
+    quoted = [normalised(b) for b in blocks_of(first_hour, "")]
+    data = ROOT / "data" / "lotka_volterra_data.h5"
+    if data.is_file():
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / data.name).symlink_to(data)
+    printed = []
+    for command in (train_cmd, eval_cmd):
+        script, *args = command.split()[1:]
+        done = run([str(ROOT / script), *args, "--quiet"], tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        printed.append(normalised(done.stdout))
+    assert printed[0] == quoted[0]
+    assert printed[1].endswith(quoted[1])  # after results.md's table
+
+
+def blocks_of(text: str, kind: str) -> list[str]:
+    """The bodies of the fenced blocks of language `kind` ('' for a bare fence), fence by fence."""
+    found, lang, body = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```") and lang is None:
+            lang, body = line[3:].strip(), []
+        elif line.startswith("```"):
+            if lang == kind:
+                found.append("\n".join(body) + "\n")
+            lang = None
+        elif lang is not None:
+            body.append(line)
+    return found
+
+
+def test_the_test_count_the_readme_gives_is_the_suite_s():
+    done = run(["-m", "pytest", "--collect-only", "-q", "-p", "tests.readme_counts", "-p", "no:cacheprovider"], ROOT)
+    total, shared = map(int, re.search(r"COUNTS (\d+) (\d+)", done.stdout).groups())
+    text = (ROOT / "README.md").read_text()
+    assert f"{total} tests" in text and f"{total - shared} pass and {shared} skip" in text
+    assert {"Eleven": 11}.get(re.search(r"(\w+) tests need files from outside", text).group(1)) == shared
+
+
+def test_ci_installs_and_tests_as_the_readme_says():
+    """.ci/run runs the README's CPU set-up line, command by command, and then its test command."""
+    text = (ROOT / "README.md").read_text()
+    cpu_line = next(b for b in blocks_of(text, "bash") if "download.pytorch.org/whl/cpu" in b).strip()
+    test_command = blocks_of(text.split("## Test", 1)[1], "bash")[0].strip()
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    wanted = [c.strip() for c in cpu_line.split("&&")] + [test_command]
+    assert [c.replace(" -q", "") for c in ci] == [c.replace(" -q", "") for c in wanted]
