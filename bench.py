@@ -34,28 +34,14 @@ from pathlib import Path
 
 import torch
 
-import lora
 from commandline import Parser, prose
 from data import prompt, scale_for, step_pattern
 from data.simulate import simulate
+from experiment.speed import lora_training_step, sync, timed
 from flops import EXACT
 from qwen_min import (NUMBER_SYMBOLS, LoadError, QwenConfig, QwenForCausalLM, generate, init_weights, load_pretrained,
                       load_tokenizer, parse_device, parse_dtype, save_pretrained)
-from qwen_min.loss import lm_loss
 from qwen_min.tokenizer import tiny_tokenizer
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def alternate(ours, theirs, runs: int, device: str) -> tuple[float, float]:
@@ -80,8 +66,13 @@ def matmul_peak(device: str, dtype: torch.dtype) -> float:
 
 # --- models ----------------------------------------------------------------------------------------
 
-def save_random(layers: int, directory: str) -> None:
-    save_pretrained(init_weights(QwenForCausalLM(QwenConfig(num_hidden_layers=layers)), seed=0), directory)
+def save_random(layers: int, directory: str, size: str = "full") -> None:
+    """Random weights of Qwen2.5-0.5B's shape (`size` full), or its vocabulary with the tiny preset's
+    width (`size` tiny: a rehearsal of the bench in seconds), `layers` blocks."""
+    tiny = {} if size == "full" else {"hidden_size": 64, "intermediate_size": 176, "num_attention_heads": 4,
+                                      "num_key_value_heads": 2}
+    config = QwenConfig(num_hidden_layers=layers, **tiny)
+    save_pretrained(init_weights(QwenForCausalLM(config), seed=0), directory)
 
 
 def load_ours(directory, dtype, device, compile_blocks: bool = False):
@@ -102,22 +93,6 @@ def load_theirs(directory, dtype, device):
 
 
 # --- training step ---------------------------------------------------------------------------------
-
-def ours_train_step(model, device):
-    lora.inject(model, rank=8, targets=("q_proj", "v_proj"), verbose=False)
-    opt = torch.optim.AdamW(lora.trainable_parameters(model), lr=1e-4)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.dtype == torch.bfloat16 and device.startswith("cuda"))
-
-    def step(ids):
-        model.train()
-        with autocast:
-            loss, _ = lm_loss(model, ids, ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
-    return step
-
 
 def theirs_train_step(model, device):
     from peft import LoraConfig, get_peft_model
@@ -149,7 +124,7 @@ def memory_child(side: str, directory: str, batch: int, seq_len: int, dtype: str
     second (RSS sampled every millisecond on the CPU, max allocated on CUDA) and the memory before it."""
     dt = parse_dtype(dtype)
     model = load_ours(directory, dt, device, compile_blocks) if side == "ours" else load_theirs(directory, dt, device)
-    step = (ours_train_step if side == "ours" else theirs_train_step)(model, device)
+    step = (lora_training_step if side == "ours" else theirs_train_step)(model, device)
     ids = torch.randint(0, 151_000, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     step(ids)  # optimizer state exists from here on
     sync(device)
@@ -227,7 +202,7 @@ def bench_eval(ours, theirs, a) -> tuple:
 
 def bench_train(ours, theirs, a, gen) -> tuple:
     ids = torch.randint(0, 151_000, (a.train_batch, a.seq_len), generator=gen).to(a.device)
-    ours_step, theirs_step = ours_train_step(ours, a.device), theirs_train_step(theirs, a.device)
+    ours_step, theirs_step = lora_training_step(ours, a.device), theirs_train_step(theirs, a.device)
     l1, l2 = ours_step(ids).item(), theirs_step(ids).item()
     t_ours, t_theirs = alternate(lambda: ours_step(ids), lambda: theirs_step(ids), a.runs, a.device)
     flops = a.train_batch * ours.flops(a.seq_len, EXACT, head_positions=a.seq_len - 1).training
@@ -260,6 +235,9 @@ def parser() -> Parser:
     p.add_argument("--eval-prompts", type=int, default=None, help="prompts in the eval batch (default: 8, 4 with --quick)")
     p.add_argument("--eval-steps", type=int, default=None, help="time steps generated (default: 20, 5 with --quick)")
     p.add_argument("--layers", type=int, default=24, help="decoder blocks, 24 is Qwen2.5-0.5B")
+    p.add_argument("--size", choices=("full", "tiny"), default="full",
+                   help="full: Qwen2.5-0.5B's width; tiny: width 64, to rehearse the bench in seconds")
+    p.add_argument("--json", metavar="FILE", help="also write the rows and ratios to FILE as JSON (default: none)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="fp32", help="fp32 or bf16")
     p.add_argument("--compile", action="store_true", help="torch.compile each of our decoder blocks, meant for CUDA "
@@ -300,7 +278,7 @@ def main(argv=None) -> int:
     peak = matmul_peak(a.device, dtype)
     rows, ratios = [], {}
     with tempfile.TemporaryDirectory() as directory:
-        save_random(a.layers, directory)
+        save_random(a.layers, directory, a.size)
         ours, theirs = load_ours(directory, dtype, a.device, a.compile), load_theirs(directory, dtype, a.device)
         gen = torch.Generator().manual_seed(0)
 
@@ -323,7 +301,19 @@ def main(argv=None) -> int:
         print(f"{name:<34}{o:>10.3f}{t:>10.3f}{o / t:>8.3f}{rate}  {note}")
     print(f"# matmul peak {peak / 1e9:.1f} GFLOP/s; times in seconds (medians), memory in GiB")
     print("ratios " + " ".join(f"{k}={ratios[k]:.3f}" for k in ("forward", "train", "eval", "memory") if k in ratios))
+    if a.json:
+        Path(a.json).write_text(json.dumps({
+            "device": a.device, "gpu": torch.cuda.get_device_name() if cuda else None, "dtype": a.dtype,
+            "compile": a.compile, "size": a.size, "layers": a.layers, "matmul_peak": peak, "ratios": ratios,
+            "rows": [{"workload": name, "ours": o, "theirs": t, "flops_per_s": fps, "tokens": tokens, "note": note}
+                     for (name, o, t, fps, note), tokens in zip(rows, row_tokens(rows, a))]}, indent=1))
     return 0
+
+
+def row_tokens(rows: list, a) -> list[int | None]:
+    """Tokens each row's timed call handles (the memory row: none)."""
+    per = {"forward": a.seq_len, "eval": a.eval_prompts * 10 * a.eval_steps, "train": a.train_batch * a.seq_len}
+    return [next((n for k, n in per.items() if name.startswith(k)), None) for name, *_ in rows]
 
 
 def _qwen_tokenizer_or_none():

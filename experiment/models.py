@@ -75,3 +75,26 @@ def meta_model(config: QwenConfig | None = None, rank: int = 0, targets=lora.DEF
     if rank:
         lora.inject(model, rank=rank, targets=targets, verbose=False)
     return model
+
+
+# --- how a training step runs on its device ----------------------------------------------------------
+
+def optimizer(params: list, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the trainable `params`, its state in their dtype (fp32 for LoRA and value layers,
+    even on a bf16 base); on CUDA the fused kernel (one launch for every parameter)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if device.type == "cuda" else None)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """The step's autocast context: bf16 matmuls on CUDA with a bf16 base (the fp32 adapters' too),
+    nothing elsewhere."""
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on the step's device; to CUDA through pinned memory, without waiting for the copy."""
+    if device.type != "cuda":
+        return batch.to(device)
+    return batch.pin_memory().to(device, non_blocking=True)
