@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
@@ -84,3 +87,19 @@ def files_digest(paths) -> str:
     for path in paths:
         h.update(Path(path).name.encode() + b"\0" + file_digest(path).encode())
     return h.hexdigest()
+
+
+def strict_json(value):
+    """`value` with every NaN or infinite float as null, so that results.json is strict JSON."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def save_npz(path: str, arrays: dict) -> None:
+    with open(path, "wb") as f:  # a file object: numpy would add ".npz" to a bare temporary name
+        np.savez_compressed(f, **arrays)

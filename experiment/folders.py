@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import lora
-from data.files import atomic_write, read_json_object, remove_leftovers, write_text
+from data.files import atomic_write, read_json_object, remove_leftovers, save_npz, strict_json, write_text
 from qwen_min import save_pretrained
 
 from .errors import UsageError
@@ -147,6 +147,30 @@ class RunFolder:
             raise UsageError(f"{self.path}: the data file {s.data} changed since this run started (SHA-256 "
                              f"{saved['data_sha256'][:12]}... then, {data_sha256[:12]}... now); choose another --out")
 
+    def same_settings(self, ckpt: dict, now: dict) -> None:
+        """Refuse a checkpoint written under other defining settings than config.json's now (an edited
+        config.json): its weights were trained under those. A checkpoint from before it recorded them passes."""
+        then = ckpt.get("settings")
+        if not isinstance(then, dict):
+            return
+        for k, v in now.items():
+            if k in then and then[k] != v:
+                raise UsageError(f"{self.checkpoint}: was trained with {k} {then[k]!r}, but {self.path / self.CONFIG} "
+                                 f"now says {v!r}; restore config.json, or start a new run with --out")
+
+    def same_head(self, adapter: lora.Adapter) -> None:
+        """Refuse an adapter of this run whose value head (its file's metadata and shape) is not the one
+        the run's config.json says it trained."""
+        if adapter.spec is None:
+            return
+        saved = self.read_config()
+        recorded = {"components": adapter.spec.components, "value_space": adapter.spec.space,
+                    "head_steps": adapter.spec.steps}
+        for k, v in recorded.items():
+            if k in saved and saved[k] is not None and saved[k] != v:
+                raise UsageError(f"{adapter.directory}: its value head has {k} {v!r}, but the run's "
+                                 f"{self.path / self.CONFIG} says {saved[k]!r}; one of them was changed by hand")
+
     def summary(self) -> dict | None:
         """summary.json's content, or None before the run has written one."""
         path = self.path / self.SUMMARY
@@ -184,7 +208,18 @@ class RunFolder:
         path = self.path / self.METRICS
         if not path.exists():
             return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if number == len(lines):  # a line torn by a kill during its write: the step is in no checkpoint
+                    break
+                raise UsageError(f"{path}: line {number} is not JSON; the run's metrics are damaged") from None
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise UsageError(f"{path}: line {number} is not a metrics row (an object with an integer step)")
+            rows.append(row)
         return [r for r in rows if upto is None or r["step"] <= upto]
 
     # --- writing -----------------------------------------------------------------------------------
@@ -236,7 +271,7 @@ def resume_settings(directory: str | Path, **given) -> TrainSettings:
     run = RunFolder(directory)
     if not run.is_run("--resume"):
         raise UsageError(f"--resume {directory}: no run there (expected {run.CONFIG} and {run.CHECKPOINT})")
-    saved = as_config(from_config(TrainSettings, run.read_config()))
+    saved = as_config(from_config(TrainSettings, run.read_config(), str(run.path / run.CONFIG)))
     resumed = TrainSettings(**{**saved, **given, "out": str(run.path.resolve())})
     k = first_difference(resumed, saved)
     if k is not None and k in given:
@@ -276,14 +311,10 @@ class EvalFolder:
     def write(self, results: dict, table: str, arrays: dict) -> None:
         """results.json, forecasts.npz and results.md, each atomically (the figures are drawn to their paths)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_text(self.path / self.RESULTS, json.dumps(results, indent=1) + "\n")
+        write_text(self.path / self.RESULTS, json.dumps(strict_json(results), indent=1, allow_nan=False) + "\n")
         atomic_write(self.path / self.FORECASTS, lambda tmp: save_npz(tmp, arrays))
         write_text(self.path / self.TABLE, table)
 
-
-def save_npz(path: str, arrays: dict) -> None:
-    with open(path, "wb") as f:  # a file object: numpy would add ".npz" to a bare temporary name
-        np.savez_compressed(f, **arrays)
 
 
 class SweepFolder:

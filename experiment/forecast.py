@@ -93,6 +93,8 @@ def given_adapters(s: EvalSettings, source: ModelSource) -> list[GivenAdapter]:
         adapter = lora.Adapter(path)
         adapter.check(empty_model(source.config(s.encoding), adapter.spec))
         run = RunFolder.containing(path)
+        if run is not None:
+            run.same_head(adapter)
         given.append(GivenAdapter(label, adapter, run.encoding() if run else adapter_encoding(adapter)))
     return given
 
@@ -153,15 +155,18 @@ def forecast_batches(model, tok, encoding: Encoding, values: np.ndarray, s: Eval
 
 def forecast_language_models(s: EvalSettings, sel: Selection, source: ModelSource, adapters: list[GivenAdapter],
                              tok, ledger: Ledger, key: str, bar, device: torch.device, dtype: torch.dtype):
-    """({label: forecasts}, {label: failed steps}, {label: FLOPs}, FLOPs charged now: a batch an
-    earlier run of the same evaluation charged is not charged again) for the untuned model (unless
+    """({label: forecasts}, {label: failed steps}, {label: FLOPs}, FLOPs charged now (a batch an
+    earlier run of the same evaluation charged is not charged again), {label: its value head or
+    None}) for the untuned model (unless
     --no-base) and each adapter, each charged to the ledger batch by batch, each refused before any
     FLOP if the ledger can't pay for its bound."""
     convention, encoding = get_convention(ledger.convention), encoding_of(s.encoding)
-    forecasts, failed, flops, charged = {}, {}, {}, [0.0]
+    forecasts, failed, flops, charged, heads = {}, {}, {}, [0.0], {}
     for label, adapter in ([] if (adapters and s.no_base) else [("model", None)]) + [(a.label, a.adapter)
                                                                                       for a in adapters]:
         model = forecast_model(source, encoding, s.seed, device, dtype, adapter)
+        spec = getattr(model, "spec", None)  # the value head it forecasts with, recorded in results.json
+        heads[label] = None if spec is None else {"components": spec.components, "space": spec.space, "steps": spec.steps}
         need = encoding.bound(model, tok, sel.values, sel.alpha, s.task, convention)
         if not ledger.can_afford(need):
             raise UsageError(f"{s.ledger}: evaluating {label} needs up to {need:.3e} FLOPs, "
@@ -175,7 +180,7 @@ def forecast_language_models(s: EvalSettings, sel: Selection, source: ModelSourc
                                                                convention, bar, charge)
         forecasts[label] = {ctx: Forecast(samples[ctx]) for ctx in s.contexts}
         del model
-    return forecasts, failed, flops, charged[0]
+    return forecasts, failed, flops, charged[0], heads
 
 
 # --- the whole evaluation --------------------------------------------------------------------------
@@ -203,7 +208,7 @@ def evaluate(s: EvalSettings, source: ModelSource | None = None) -> dict:
                                     desc=f"{len(sel.values)} systems x {n_models} model{'s' * (n_models > 1)}"
                                          + (" and the ODE fit" if fitted else ""))
     try:
-        forecasts, failed, flops, charged = forecast_language_models(s, sel, source, adapters, tok, ledger, key, bar, device,
+        forecasts, failed, flops, charged, heads = forecast_language_models(s, sel, source, adapters, tok, ledger, key, bar, device,
                                                             dtype)
         baselines, about = forecast_baselines(s, sel, bar)
         forecasts.update(baselines)
@@ -215,7 +220,7 @@ def evaluate(s: EvalSettings, source: ModelSource | None = None) -> dict:
                "alpha": sel.alpha, "scale_from": s.scale_from, "contexts": s.contexts, "horizon": s.horizon,
                "model": s.model,
                "adapters": [str(a.adapter.directory) for a in adapters], "ledger_key": key,
-               "encoding": s.encoding,
+               "encoding": s.encoding, "value_heads": heads,
                "decoding": {"samples": s.samples, "temperature": s.temperature,
                             "grammar": encoding_of(s.encoding).grammar_text(s.decimals)},
                "convention": ledger.convention, "flops": sum(flops.values()), "charged": charged, "baselines": about,

@@ -19,7 +19,7 @@ groups they share; config.json and back.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import lora
@@ -108,6 +108,9 @@ class Encoded(Series):
         super().check()
 
 
+MAX_COMPONENTS, MAX_HEAD_STEPS = 64, 100  # a head of k components x steps x 6 outputs: bounded before it is made
+
+
 @dataclass(frozen=True)
 class ValueHead(Group):
     components: int = opt(1, "Gaussians per species in the continuous head (1: a Gaussian)", defining=True)
@@ -122,7 +125,9 @@ class ValueHead(Group):
 
     def check(self) -> None:
         at_least(self.components, 1, "--components")
-        need(self.head_steps is None or self.head_steps >= 1, f"--head-steps must be at least 1, got {self.head_steps}")
+        need(self.components <= MAX_COMPONENTS, f"--components must be at most {MAX_COMPONENTS}, got {self.components}")
+        need(self.head_steps is None or 1 <= self.head_steps <= MAX_HEAD_STEPS,
+             f"--head-steps must be 1 to {MAX_HEAD_STEPS} (a series' length), got {self.head_steps}")
         super().check()
 
 
@@ -242,14 +247,45 @@ def as_config(settings) -> dict:
     return dataclasses.asdict(settings)
 
 
-def from_config(cls, saved: dict):
-    """Settings of kind `cls` from a saved config.json (keys that are not fields are ignored)."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in saved.items() if k in names})
+def from_config(cls, saved: dict, source: str = "config.json"):
+    """Settings of kind `cls` from a saved config.json (`source`, for the error; keys that are not
+    fields are ignored), each value checked for its field's type."""
+    known = {f.name: f for f in fields(cls)}
+    for k, v in saved.items():
+        if k in known and not of_field_type(known[k], v):
+            raise UsageError(f"{source}: {k} is {v!r}, expected {type_name(known[k])}")
+    return cls(**{k: v for k, v in saved.items() if k in known})
+
+
+def field_type(f) -> type:
+    default = f.default if f.default is not MISSING else f.default_factory()
+    return list if isinstance(default, list) else f.metadata.get("type") or type(default)
+
+
+def type_name(f) -> str:
+    optional = " or null" if f.default is None else ""
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list"}.get(field_type(f), field_type(f).__name__) + optional
+
+
+def of_field_type(f, value) -> bool:
+    """Whether a saved `value` fits field `f` (an int is a float; a bool is no number)."""
+    if value is None:
+        return f.default is None
+    kind = field_type(f)
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 def defining_fields(cls) -> list[str]:
     return [f.name for f in fields(cls) if f.metadata.get("defining")]
+
+
+def defining(settings) -> dict:
+    """The defining settings a checkpoint records, to be checked on resume against config.json's
+    (the data file and the model are checked by their digests and shapes instead)."""
+    return {name: getattr(settings, name) for name in defining_fields(type(settings)) if name not in ("data", "model")}
 
 
 def first_difference(settings, saved: dict) -> str | None:

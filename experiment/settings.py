@@ -27,11 +27,11 @@ from qwen_min.presets import default_encoding
 from .encodings import ForecastTask, encoding_of
 from .errors import RunError, UsageError, finite, need
 from .groups import (SCRATCH_PREFIX, Charged, Encoded, Forecasting, LoRAShape, Machine, Series, ValueHead, Windows,
-                     Work, absolute, as_config, at_least, check_lora, defining_fields, derive, first_difference,
-                     from_config, opt)
+                     Work, absolute, as_config, at_least, check_lora, defining, defining_fields, derive,
+                     first_difference, from_config, opt)
 
 __all__ = ["RunError", "UsageError", "TrainSettings", "SweepSettings", "EvalSettings", "PlanSettings", "Series",
-           "absolute", "as_config", "defining_fields", "derive", "first_difference", "from_config"]
+           "absolute", "as_config", "defining", "defining_fields", "derive", "first_difference", "from_config"]
 
 FRESH_SYSTEMS = 850  # new systems per epoch for the scratch-* presets: the file's training split's size
 SCRATCH_HEAD_STEPS, SCRATCH_WORLD = 20, "wide-half-clean"  # the scratch presets' forecaster (see docs/results.md)

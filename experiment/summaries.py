@@ -3,6 +3,8 @@ this work spent and what is left in the ledger. The scripts print these; the lib
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 from flops import Ledger
@@ -63,7 +65,8 @@ def sweep_summary(out: Path | str, best: dict | None, ledger: Path | str) -> str
 
 def eval_summary(out: Path | str, results: dict, ledger: Path | str) -> str:
     """An evaluation's end: the best method by combined MAE, the files, FLOPs and the ledger."""
-    methods = results["methods"]
+    methods = {m: r for m, r in results["methods"].items()  # a method with no finite score is never "best"
+               if isinstance(r["combined_mae"], float) and math.isfinite(r["combined_mae"])}
     head = (f"evaluation of {len(results['systems'])} {results['split']} systems, contexts "
             f"{' '.join(map(str, results['contexts']))}")
     if methods:

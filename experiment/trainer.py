@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,10 +29,10 @@ from .costs import affordable_steps, full_step_cost, step_cost, val_cost
 from .encodings import Encoding, encoding_of
 from .errors import RunError, UsageError
 from .folders import FolderLock, RunFolder, check_writable, new_run_id
-from .models import run_model
+from .models import autocast, optimizer, run_model, to_device
 from .process import all_agree, distributed, learning_rate, make_logger, rng_state, set_rng_state
 from .report import plot_losses
-from .settings import TrainSettings, as_config
+from .settings import TrainSettings, as_config, defining
 
 
 # --- pieces ----------------------------------------------------------------------------------------
@@ -94,7 +93,7 @@ class Trainer:
         existing = Ledger.open(s.ledger, s.budget, s.convention) if Path(s.ledger).exists() else None
         self.convention = get_convention(existing.convention if existing else s.convention or "exact")
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay)
+        self.opt = optimizer(self.params, s.lr, s.weight_decay, self.device)
         self.eval_flops = val_cost(self.model, self.convention, self.prep.val_ids)
         self.full_step = full_step_cost(self.model, self.convention, s.chunk, s.batch_size)
         if s.flops is not None:  # the steps the FLOPs pay for, fixed before anything is written
@@ -107,9 +106,7 @@ class Trainer:
         self.train_model = LossModule(self.model, self.encoding)
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.train_model)
-        on_cuda_bf16 = self.device.type == "cuda" and self.dtype == torch.bfloat16
-        self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda_bf16
-                         else (lambda: torch.autocast("cpu", enabled=False)))
+        self.autocast = lambda: autocast(self.device, self.dtype)
         self.step_no, self.best_val, self.tokens_seen, self.elapsed, self.flops_used = 0, math.inf, 0, 0.0, 0.0
         self.flops_at_start, self.last_val = 0.0, None  # the run's FLOPs when this process took it up
         self.metrics: list[dict] = []
@@ -161,6 +158,7 @@ class Trainer:
         """Load the checkpoint (step 0 for a new run); rewrite config.json and metrics.jsonl up to it."""
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         ckpt = self.folder.read_checkpoint(trainable)
+        self.folder.same_settings(ckpt, defining(self.s))
         try:
             with torch.no_grad():
                 for n, v in ckpt["trainable"].items():
@@ -173,9 +171,9 @@ class Trainer:
         self.flops_at_start = self.flops_used
         self.last_checkpoint = self.recorded = self.step_no
         set_rng_state(ckpt["rng"])
+        self.metrics = self.folder.read_metrics(upto=self.step_no)
         if self.main and self.continuing:
             print(f"resuming {self.out} from step {self.step_no}", file=sys.stderr)
-        self.metrics = self.folder.read_metrics(upto=self.step_no)
         if self.main:
             self.folder.write_config(self.config())
             self.folder.write_metrics(self.metrics)
@@ -197,7 +195,8 @@ class Trainer:
             return
         state = {"trainable": {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad},
                  "optimizer": self.opt.state_dict(), "step": self.step_no, "best_val": self.best_val,
-                 "tokens": self.tokens_seen, "seconds": self.elapsed, "flops": self.flops_used, "rng": rng_state()}
+                 "tokens": self.tokens_seen, "seconds": self.elapsed, "flops": self.flops_used, "rng": rng_state(),
+                 "settings": defining(self.s)}
         self.folder.write_checkpoint(state)
         self.last_checkpoint = self.step_no
         self.save_weights("last")
@@ -233,7 +232,7 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = learning_rate(s, nxt)
         with self.autocast():
-            loss, _ = self.train_model(input_ids.to(self.device), labels.to(self.device))
+            loss, _ = self.train_model(to_device(input_ids, self.device), to_device(labels, self.device))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if s.clip:

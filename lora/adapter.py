@@ -151,6 +151,11 @@ def check_adapter(model, directory: str | Path) -> tuple[dict, dict[str, str]]:
         raise LoadError(f"{directory}: a language model's adapter (no value layers); this model is continuous")
     expected = expected_shapes(model, cfg["r"], cfg["target_modules"], cfg["modules_to_save"])
     renamed = {k.replace(".default.weight", ".weight"): k for k in stored}  # some peft versions keep the name
+    if len(renamed) < len(stored):
+        twice = sorted(k for k in stored if k.endswith(".default.weight"))
+        twice = [k for k in twice if k.replace(".default.weight", ".weight") in stored]
+        raise LoadError(f"{weights}: holds both {twice[0]} and {twice[0].replace('.default.weight', '.weight')} "
+                        f"(one weight under two names); keep one")
     for key in sorted(set(expected) - set(renamed)):
         raise LoadError(f"{weights}: missing key {key} (the adapter doesn't cover this model's layers)")
     for key in sorted(set(renamed) - set(expected)):

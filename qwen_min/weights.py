@@ -100,9 +100,9 @@ class ModelSource:
         value_space and value_steps; one saved before the space was a choice is linear, before the
         steps were, a next-step head); None for a language model,
         and for a preset (continuous only when asked for)."""
-        if self.preset or not self.config_path.is_file():
+        if self.preset:
             return None
-        raw, path = self._hf_config, self.config_path
+        raw, path = self._hf_config, self.config_path  # read and checked (a JSON object) first
         architectures = raw.get("architectures") or []
         if not isinstance(architectures, list):
             raise LoadError(f"{path}: architectures must be a list of class names, got {architectures!r}")
@@ -145,6 +145,7 @@ class ModelSource:
         and weights files."""
         if self.preset:
             return self.name
+        self._hf_config  # a config.json that is no JSON object is refused before it is hashed
         return files_digest([self.config_path, *sorted(self.directory.glob("*.safetensors"))])
 
     def load(self, dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -250,7 +251,8 @@ def _shape_of(path: Path, key: str) -> tuple[int, ...]:
 
 def load_state(directory: Path, config: QwenConfig, dtype: torch.dtype, device,
                spec: ValueSpec | None = None) -> dict[str, torch.Tensor]:
-    """Read every checkpoint tensor after checking keys and shapes, so a bad file never half-loads."""
+    """Read every checkpoint tensor after checking keys and shapes, so a bad file never half-loads;
+    a tensor that holds NaN or infinite values in `dtype` is refused."""
     expected = expected_shapes(config, spec)
     where = _checkpoint_files(directory)
     optional = {"lm_head.weight"} if config.tie_word_embeddings and spec is None else set()
@@ -271,6 +273,9 @@ def load_state(directory: Path, config: QwenConfig, dtype: torch.dtype, device,
         with safe_open(path, framework="pt", device="cpu") as f:
             for key in keys:
                 state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+                if not torch.isfinite(state[key]).all():  # NaN in the file, or a value past the dtype's range
+                    raise LoadError(f"{path}: {key} holds NaN or infinite values (as {str(dtype).removeprefix('torch.')}); "
+                                    f"refusing to load it")
     return state
 
 

@@ -79,3 +79,15 @@ class NewBuffers(TorchDispatchMode):
                     self.live[ptr] = weakref.ref(storage, lambda _, ptr=ptr: self.live.pop(ptr, None))
                 self.most_alive = max(self.most_alive, len(self.live))
         return out
+
+
+@pytest.fixture
+def scratch_run(series_file, tmp_path):
+    """A scratch-1m run of one step on the module's series file: a folder with model_best/."""
+    import train
+
+    out = tmp_path / "scratch"
+    assert train.main(["--model", "scratch-1m", "--data", str(series_file), "--fresh-systems", "8", "--max-steps", "1",
+                       "--eval-every", "1", "--val-limit", "2", "--batch-size", "2", "--ledger",
+                       str(tmp_path / "ledger.json"), "--out", str(out), "--quiet"]) == 0
+    return out

@@ -29,15 +29,6 @@ def lora_run(series_file, tmp_path):
     return tmp_path / "run"
 
 
-@pytest.fixture
-def scratch_run(series_file, tmp_path):
-    out = tmp_path / "scratch"
-    assert train.main(["--model", "scratch-1m", "--data", str(series_file), "--fresh-systems", "8", "--max-steps", "1",
-                       "--eval-every", "1", "--val-limit", "2", "--batch-size", "2", "--ledger",
-                       str(tmp_path / "ledger.json"), "--out", str(out), "--quiet"]) == 0
-    return out
-
-
 # --- options of the other command, and names close to the right one --------------------------------
 
 def test_an_option_of_the_other_command_names_that_command(capsys):
