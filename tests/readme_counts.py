@@ -1,8 +1,12 @@
-"""A pytest plugin for tests/test_readme.py: after collection, print how many tests there are and how
-many would skip without ../shared (their skipif reason names it). Not a test module itself."""
+"""A pytest plugin for tests/test_readme.py: after collection, print how many tests there are, how
+many would skip without ../shared and how many without a CUDA device (their skipif reasons name
+them). Not a test module itself."""
+
+
+def skipping(session, words: str) -> int:
+    return sum(any(words in str(mark.kwargs.get("reason", "")) for mark in item.iter_markers("skipif"))
+               for item in session.items)
 
 
 def pytest_collection_finish(session):
-    shared = [item for item in session.items
-              if any("../shared/" in str(mark.kwargs.get("reason", "")) for mark in item.iter_markers("skipif"))]
-    print(f"COUNTS {len(session.items)} {len(shared)}")
+    print(f"COUNTS {len(session.items)} {skipping(session, '../shared/')} {skipping(session, 'CUDA device')}")
