@@ -129,21 +129,23 @@ def identity(s: EvalSettings, sel: Selection, source: ModelSource, adapters: lis
 # --- the model -------------------------------------------------------------------------------------
 
 def forecast_batches(model, tok, encoding: Encoding, values: np.ndarray, s: EvalSettings, alpha: float,
-                     convention: Convention, bar=None, charge=None) -> tuple[dict, dict, float]:
+                     convention: Convention, bar=None, ledger=None) -> tuple[dict, dict, float]:
     """Forecast samples {ctx: (systems, samples, horizon, 2)} in original units, steps that failed to
     parse {ctx: count}, and the FLOPs spent, `batch_size` systems at a time, each batch with every
-    context and every sample. `charge(first, end, flops)` is called after each batch with the FLOPs
-    it spent on systems first..end-1, so a run stopped part-way has charged what it computed."""
+    context and every sample. `ledger.claim(first, end, batch)` is called before each batch on
+    systems first..end-1 and `ledger.settle(first, end, flops, claimed)` after it, so no batch is
+    computed that the budget can't pay for, and a run stopped part-way has charged what it computed."""
     gen, rng, task = torch.Generator().manual_seed(s.seed), np.random.default_rng(s.seed), s.task
     preds = {ctx: [] for ctx in task.contexts}
     failed = {ctx: 0 for ctx in task.contexts}
     spent = 0.0
     for start in range(0, len(values), s.batch_size):
         batch = values[start:start + s.batch_size]
+        claimed = ledger.claim(start, start + len(batch), batch) if ledger is not None else False
         samples, bad, cost = encoding.forecast(model, tok, batch, alpha, task, convention, gen, rng)
         spent += cost.forward
-        if charge is not None:
-            charge(start, start + len(batch), cost.forward)
+        if ledger is not None:
+            ledger.settle(start, start + len(batch), cost.forward, claimed)
         for ctx in task.contexts:
             preds[ctx].append(samples[ctx])
             failed[ctx] += bad[ctx]
@@ -151,6 +153,25 @@ def forecast_batches(model, tok, encoding: Encoding, values: np.ndarray, s: Eval
             bar.update(len(batch))
     return ({ctx: np.concatenate(p) for ctx, p in preds.items()},
             {ctx: f // task.samples for ctx, f in failed.items()}, spent)
+
+
+class BatchClaims:
+    """An evaluation's batches in the ledger: each batch's bound claimed (key `label|systemsA-B`)
+    before it is computed, then settled to what it spent; a batch an earlier run of the same
+    evaluation charged is computed again without a charge."""
+
+    def __init__(self, ledger: Ledger, key: str, name: str, label: str, bound):
+        self.ledger, self.key, self.name, self.label, self.bound = ledger, key, name, label, bound
+        self.charged = 0.0
+
+    def claim(self, first: int, end: int, batch: np.ndarray) -> bool:
+        return self.ledger.charge(self.key, "eval", self.bound(batch), name=self.name, tokens=0, steps=0,
+                                  key=f"{self.label}|systems{first}-{end}", claim=True)
+
+    def settle(self, first: int, end: int, spent: float, claimed: bool) -> None:
+        if claimed:
+            self.ledger.settle(self.key, f"{self.label}|systems{first}-{end}", spent)
+            self.charged += spent
 
 
 def forecast_language_models(s: EvalSettings, sel: Selection, source: ModelSource, adapters: list[GivenAdapter],
@@ -161,7 +182,7 @@ def forecast_language_models(s: EvalSettings, sel: Selection, source: ModelSourc
     --no-base) and each adapter, each charged to the ledger batch by batch, each refused before any
     FLOP if the ledger can't pay for its bound."""
     convention, encoding = get_convention(ledger.convention), encoding_of(s.encoding)
-    forecasts, failed, flops, charged, heads = {}, {}, {}, [0.0], {}
+    forecasts, failed, flops, charged, heads = {}, {}, {}, 0.0, {}
     for label, adapter in ([] if (adapters and s.no_base) else [("model", None)]) + [(a.label, a.adapter)
                                                                                       for a in adapters]:
         model = forecast_model(source, encoding, s.seed, device, dtype, adapter)
@@ -172,15 +193,14 @@ def forecast_language_models(s: EvalSettings, sel: Selection, source: ModelSourc
             raise UsageError(f"{s.ledger}: evaluating {label} needs up to {need:.3e} FLOPs, "
                              f"{ledger.refresh().remaining:.3e} remain")
 
-        def charge(first, end, spent, label=label):  # one key per batch: a re-run charges only what was not
-            if ledger.charge(key, "eval", spent, name=s.ledger_name, tokens=0, steps=0,
-                             key=f"{label}|systems{first}-{end}"):
-                charged[0] += spent
+        claims = BatchClaims(ledger, key, s.ledger_name, label, lambda batch, model=model: encoding.bound(
+            model, tok, batch, sel.alpha, s.task, convention))
         samples, failed[label], flops[label] = forecast_batches(model, tok, encoding, sel.values, s, sel.alpha,
-                                                               convention, bar, charge)
+                                                               convention, bar, claims)
+        charged += claims.charged
         forecasts[label] = {ctx: Forecast(samples[ctx]) for ctx in s.contexts}
         del model
-    return forecasts, failed, flops, charged[0], heads
+    return forecasts, failed, flops, charged, heads
 
 
 # --- the whole evaluation --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 import lora
 from data.files import file_digest
-from flops import Ledger, get_convention
+from flops import BudgetExceeded, Ledger, get_convention
 from flops.ledger import DEFAULT_BUDGET
 from qwen_min import ModelSource, device_and_dtype, open_model
 
@@ -211,21 +211,30 @@ class Trainer:
         """This process's rows of step `nxt`: (input_ids, labels), each (rows, chunk)."""
         return self.prep.batch(nxt, self.s.batch_size, self.s.seed, slice(self.rank_id, None, self.world))
 
-    def costs(self, nxt: int, labels: torch.Tensor) -> tuple[float, float, str | None]:
-        """(FLOPs of step `nxt` on these labels, of its validation pass here (0 if none), and why the
-        ledger can't pay for both: None when every process can)."""
+    def claim_step(self, nxt: int, labels: torch.Tensor) -> tuple[float, float, str | None]:
+        """Claim step `nxt` in the ledger before computing it: its FLOPs on these labels and those of
+        its validation pass here (0 if none) are charged at once, under the ledger's lock, so no
+        other process can spend them and no failure after the compute leaves them uncharged (a
+        claim stays charged: the step may have been computed). A step claimed before (a resumed
+        run repeating it) is not charged again. Returns (step FLOPs, validation FLOPs, why the
+        ledger can't pay for both: None when every process could)."""
         s = self.s
         cost = step_cost(self.model, self.convention, s.chunk, labels).training
         do_eval = nxt % s.eval_every == 0 or nxt == s.max_steps
         eval_share = self.eval_flops if do_eval and self.main else 0.0  # the main process validates
         need = cost + eval_share
-        if all_agree(self.ledger.can_afford(need), self.world, self.device):
+        try:
+            self.ledger.charge(self.key, "train", need, name=s.name, tokens=len(labels) * s.chunk, step=nxt)
+            paid = True
+        except BudgetExceeded:
+            paid = False
+        if all_agree(paid, self.world, self.device):
             return cost, eval_share, None
         return cost, eval_share, (f"budget: stopping before step {nxt}, which would cost {need:.3e} FLOPs "
                                   f"with {self.ledger.refresh().remaining:.3e} left of {self.ledger.budget:.3e}")
 
     def step(self, nxt: int, batch: tuple[torch.Tensor, torch.Tensor], cost: float) -> float:
-        """One optimizer step on this step's batch, charged to the ledger; returns the training loss."""
+        """One optimizer step on this step's batch (claimed in the ledger already); returns the training loss."""
         s = self.s
         input_ids, labels = batch
         self.train_model.train()
@@ -239,7 +248,6 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, s.clip)
         self.opt.step()
         tokens = len(labels) * s.chunk
-        self.ledger.charge(self.key, "train", cost, name=s.name, tokens=tokens, step=nxt)  # computed, so charged
         value = loss.item()
         weights_finite = all(torch.isfinite(p).all() for p in self.params)
         if not (math.isfinite(value) and weights_finite):
@@ -253,10 +261,9 @@ class Trainer:
         return value
 
     def validate(self, cost: float) -> float:
-        """The validation loss now, charged; the best weights saved when it is the lowest so far."""
+        """The validation loss now (claimed with its step); the best weights saved when it is the lowest so far."""
         val = validation_loss(self.model, self.encoding, self.prep.val_ids, self.tok.pad_id or 0, self.device,
                               self.autocast)
-        self.ledger.charge(self.key, "train", cost, name=self.s.name, key=f"validation-{self.step_no}", steps=0)
         self.flops_used += cost
         if not math.isfinite(val):
             raise RunError(f"step {self.step_no}: the validation loss is {val}; stopped, keeping the last good "
@@ -338,7 +345,7 @@ def loop(t: Trainer) -> dict:
         while t.step_no < s.max_steps:
             nxt = t.step_no + 1
             batch = t.batch(nxt)
-            cost, eval_share, stopped = t.costs(nxt, batch[1])
+            cost, eval_share, stopped = t.claim_step(nxt, batch[1])
             if stopped:
                 break
             t0 = time.perf_counter()

@@ -1,8 +1,12 @@
 """The FLOPs budget ledger: one JSON file, one entry per experiment, never over its limit.
 
     ledger = Ledger.open("runs/ledger.json", budget=1e17, convention="exact")
-    if not ledger.can_afford(step_flops): stop and save
     ledger.charge("3f9c2a7b11d0", "train", step_flops, name="lora-r8-lr1e-4", tokens=2048, step=12)
+    # ... then compute step 12; BudgetExceeded above means: stop and save, nothing was charged
+
+Work is charged before it is computed (a claim), under the file's lock, so no two processes can
+compute what the budget pays for once and no failure after a compute leaves it uncharged. Work whose
+cost is known only afterwards claims an upper bound (`claim=True`) and `settle`s it to what it spent.
 
 Each entry is keyed by the identity of one unit of work (a training run's id, an evaluation's
 digest of everything that decides its computation), with the human name beside it. Crash-safe:
@@ -148,11 +152,13 @@ class Ledger:
 
     # --- charging ----------------------------------------------------------------------------------
     def charge(self, experiment: str, kind: str, flops: float, *, name: str | None = None, tokens: int = 0,
-               step: int | None = None, key: str | None = None, steps: int = 1) -> bool:
+               step: int | None = None, key: str | None = None, steps: int = 1, claim: bool = False) -> bool:
         """Add `flops` to the entry `experiment` (a unit of work's identity; `name`, default the same,
         is what people read). With `step`, only if that step is past the last one charged; with `key`,
         only if that key was never charged. Returns whether anything was charged.
-        Raises BudgetExceeded (charging nothing) when the total would pass the budget."""
+        Raises BudgetExceeded (charging nothing) when the total would pass the budget.
+        With `claim` (and a `key`), `flops` is a bound claimed before the work: `settle` later
+        replaces it with what the work spent; a claim never settled stays charged in full."""
         if not flops >= 0:
             raise ValueError(f"a charge must be a non-negative number of FLOPs, got {flops}")
         with self._locked(self.path):
@@ -173,9 +179,26 @@ class Ledger:
                 e["last_step"] = step
             if key is not None:
                 e["keys"].append(key)
+                if claim:
+                    e.setdefault("claims", {})[key] = float(flops)
             e["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             self._write(self.path, self.data)
             return True
+
+    def settle(self, experiment: str, key: str, flops: float) -> None:
+        """Replace the claim `key` of `experiment` (a bound charged before the work) with the `flops`
+        the work spent: the difference is given back (or, past the bound, charged: it was computed)."""
+        if not flops >= 0:
+            raise ValueError(f"a charge must be a non-negative number of FLOPs, got {flops}")
+        with self._locked(self.path):
+            self.refresh()
+            e = self.experiments[experiment]
+            claimed = e.get("claims", {}).pop(key)
+            e["flops"] += float(flops) - claimed
+            if not e["claims"]:
+                del e["claims"]
+            e["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            self._write(self.path, self.data)
 
     # --- reporting ---------------------------------------------------------------------------------
     def table(self) -> str:

@@ -150,9 +150,13 @@ def test_an_evaluation_killed_between_batches_charges_only_the_rest_when_run_aga
     monkeypatch.setattr(Encoding, "forecast", stopped_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         evaluate(settings("again"))
-    charged = Ledger.open(tmp_path / "again.json").total
-    assert 0 < charged < whole  # the two batches before the stop, and no more
+    ledger = Ledger.open(tmp_path / "again.json")
+    (entry,) = ledger.experiments.values()
+    assert list(entry["claims"]) == ["model|systems2-3"]  # the third batch's claim, never settled
+    charged = ledger.total
+    assert 0 < charged - entry["claims"]["model|systems2-3"] < whole  # the two batches before the stop
     monkeypatch.setattr(Encoding, "forecast", forecast)
     results = evaluate(settings("again"))
-    assert results["charged"] == pytest.approx(whole - charged)
-    assert Ledger.open(tmp_path / "again.json").total == pytest.approx(whole)
+    assert 0 < results["charged"] < whole / 2  # the fourth batch alone
+    final = Ledger.open(tmp_path / "again.json").total
+    assert final == pytest.approx(charged + results["charged"]) and final >= whole  # never less than computed

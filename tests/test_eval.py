@@ -155,8 +155,8 @@ def test_ode_fit_recovers_a_noiseless_system():
 
 
 def test_stopped_run_charges_the_batches_it_generated(series_file, tmp_path, monkeypatch, capsys):
-    """Stopped during its second batch, eval has charged the first; run again, the ledger holds what
-    one uninterrupted run charges."""
+    """Stopped during its second batch, eval has charged the first and holds its claim on the second
+    (the bound, never settled: the batch may have been computed); run again, it charges nothing more."""
     from flops import Ledger
 
     def argv(ledger, out):
@@ -176,10 +176,14 @@ def test_stopped_run_charges_the_batches_it_generated(series_file, tmp_path, mon
     assert evaluation.main(argv("stopped.json", "stopped")) == 130
     assert "stopped: no results written" in capsys.readouterr().err
     assert not (tmp_path / "stopped").exists()
-    first = Ledger.open(tmp_path / "stopped.json").total
-    assert 0 < first < whole
+    ledger = Ledger.open(tmp_path / "stopped.json")
+    (entry,) = ledger.experiments.values()
+    (claim,) = entry["claims"].values()  # the second batch's bound, claimed before it was generated
+    first = ledger.total
+    assert first >= whole and first - claim < whole  # the first batch as it was spent, the second as claimed
 
     monkeypatch.setattr(encodings, "generate", real_generate)
     assert evaluation.main(argv("stopped.json", "stopped")) == 0
-    assert Ledger.open(tmp_path / "stopped.json").total == pytest.approx(whole)
-    assert json.loads((tmp_path / "stopped" / "results.json").read_text())["flops"] == pytest.approx(whole)
+    assert Ledger.open(tmp_path / "stopped.json").total == pytest.approx(first)
+    results = json.loads((tmp_path / "stopped" / "results.json").read_text())
+    assert results["flops"] == pytest.approx(whole) and results["charged"] == 0
