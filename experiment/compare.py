@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .folders import CompareFolder, EvalFolder, check_writable
+from .folders import check_writable
+from .outputs import CompareFolder, EvalFolder
 from .report import comparison_markdown, plot_comparison
 from .settings import UsageError
 

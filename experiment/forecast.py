@@ -29,7 +29,8 @@ from qwen_min.weights import empty_model, is_preset
 
 from .baseline_runs import Selection, forecast_baselines, select
 from .encodings import Encoding, adapter_encoding, encoding_of
-from .folders import EvalFolder, RunFolder, check_writable
+from .folders import RunFolder, check_writable
+from .outputs import EvalFolder
 from .models import forecast_model
 from .report import plot_forecasts, plot_horizon, results_markdown
 from .scoring import Forecast, score_methods

@@ -26,7 +26,7 @@ from .baseline_runs import select
 from .batches import prepare_data
 from .costs import affordable_steps, planned_run, run_cost
 from .encodings import encoding_of
-from .folders import PlanFolder
+from .outputs import PlanFolder
 from .forecast import evaluate
 from .models import META, forecast_model
 from .report import plan_report

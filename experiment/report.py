@@ -334,7 +334,7 @@ def plot_comparison(rows, path: Path) -> None:
             ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-3))  # an exact forecast (0) would flatten the rest
     axes[0, 0].set_ylabel("MAE (scaled units)")
     axes[1, 0].set_ylabel("CRPS (scaled units)")
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes.flat:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from flops import Ledger
 
-from .folders import CompareFolder, EvalFolder, PlanFolder, RunFolder, SweepFolder
+from .folders import RunFolder
+from .outputs import CompareFolder, EvalFolder, PlanFolder, SweepFolder
 
 
 def shown(path: Path | str) -> str:

@@ -11,7 +11,8 @@ from qwen_min import open_model
 from .batches import prepare_data
 from .costs import affordable_steps, planned_run, run_cost
 from .encodings import encoding_of
-from .folders import RunFolder, SweepFolder
+from .folders import RunFolder
+from .outputs import SweepFolder
 from .report import sweep_markdown
 from .settings import SweepSettings, UsageError
 from .trainer import train

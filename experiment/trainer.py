@@ -140,6 +140,8 @@ class Trainer:
             else:
                 self.run_id = new_run_id()
         self.ledger = Ledger.open(s.ledger, s.budget, s.convention)
+        if self.main:
+            self.folder.not_a_copy(self.run_id, self.ledger.experiments.get(self.run_id, {}).get("folder"))
         if self.world > 1:
             shared = [self.run_id]
             torch.distributed.broadcast_object_list(shared, src=0)
@@ -224,7 +226,8 @@ class Trainer:
         eval_share = self.eval_flops if do_eval and self.main else 0.0  # the main process validates
         need = cost + eval_share
         try:
-            self.ledger.charge(self.key, "train", need, name=s.name, tokens=len(labels) * s.chunk, step=nxt)
+            self.ledger.charge(self.key, "train", need, name=s.name, tokens=len(labels) * s.chunk, step=nxt,
+                               folder=str(self.out))
             paid = True
         except BudgetExceeded:
             paid = False

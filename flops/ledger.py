@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,8 +59,8 @@ class Ledger:
             if budget is not None and float(budget) != ledger.budget:
                 raise LedgerError(f"{path}: this ledger's budget is {ledger.budget:.3g} FLOPs, not {float(budget):.3g}")
             return ledger
-        if budget is not None and not budget > 0:
-            raise LedgerError(f"{path}: budget must be positive, got {budget}")
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise LedgerError(f"{path}: budget must be a finite positive number of FLOPs, got {budget}")
         data = {"budget": float(budget or DEFAULT_BUDGET), "convention": get_convention(convention or "exact").name,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "experiments": {}}
         try:
@@ -75,11 +76,13 @@ class Ledger:
     def _read(path: Path) -> dict:
         try:
             data = json.loads(path.read_text())
-            float(data["budget"]), get_convention(data["convention"])
+            budget = float(data["budget"]), get_convention(data["convention"])
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
             raise LedgerError(f"{path}: not a FLOPs ledger ({type(e).__name__}: {e})") from None
         except OSError as e:
             raise LedgerError(f"{path}: can't read the ledger ({e.strerror})") from None
+        if not (isinstance(data["budget"], (int, float)) and math.isfinite(budget[0]) and budget[0] > 0):
+            raise LedgerError(f"{path}: the budget must be a finite positive number of FLOPs, got {data['budget']!r}")
         if not isinstance(data.get("experiments"), dict):
             raise LedgerError(f"{path}: not a FLOPs ledger (experiments must be an object, got "
                               f"{type(data.get('experiments')).__name__})")
@@ -90,6 +93,11 @@ class Ledger:
             if not numbers:
                 raise LedgerError(f"{path}: entry {key!r} must hold non-negative numbers flops, steps and tokens, "
                                   f"got {e!r:.120}")
+            last, keys = e.get("last_step", 0), e.get("keys", [])
+            if not (isinstance(last, int) and not isinstance(last, bool) and last >= 0
+                    and isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+                raise LedgerError(f"{path}: entry {key!r} must hold last_step (a step number) and keys (a list of "
+                                  f"names), got last_step={last!r}, keys={keys!r:.60}")
         return data
 
     @staticmethod
@@ -152,26 +160,31 @@ class Ledger:
 
     # --- charging ----------------------------------------------------------------------------------
     def charge(self, experiment: str, kind: str, flops: float, *, name: str | None = None, tokens: int = 0,
-               step: int | None = None, key: str | None = None, steps: int = 1, claim: bool = False) -> bool:
+               step: int | None = None, key: str | None = None, steps: int = 1, claim: bool = False,
+               folder: str | None = None) -> bool:
         """Add `flops` to the entry `experiment` (a unit of work's identity; `name`, default the same,
         is what people read). With `step`, only if that step is past the last one charged; with `key`,
         only if that key was never charged. Returns whether anything was charged.
         Raises BudgetExceeded (charging nothing) when the total would pass the budget.
         With `claim` (and a `key`), `flops` is a bound claimed before the work: `settle` later
-        replaces it with what the work spent; a claim never settled stays charged in full."""
+        replaces it with what the work spent; a claim never settled stays charged in full. `folder`:
+        where the work's files are (a training run's folder), recorded on the entry."""
         if not flops >= 0:
             raise ValueError(f"a charge must be a non-negative number of FLOPs, got {flops}")
         with self._locked(self.path):
             self.refresh()
             e = self.experiments.setdefault(experiment, {"name": name or experiment, "kind": kind, "steps": 0,
                                                          "tokens": 0, "flops": 0.0, "last_step": 0, "keys": []})
-            if (step is not None and step <= e["last_step"]) or (key is not None and key in e["keys"]):
+            if (step is not None and step <= e.get("last_step", 0)) or (key is not None and key in e.get("keys", [])):
                 return False
             if self.total + flops > self.budget:
                 if not e["flops"] and not e["steps"]:
                     del self.experiments[experiment]
                 raise BudgetExceeded(f"{self.path}: charging {flops:.3g} FLOPs to {e['name']!r} would take the ledger "
                                      f"to {self.total + flops:.4g} of its {self.budget:.3g} budget")
+            e.setdefault("last_step", 0), e.setdefault("keys", [])  # an entry edited by hand, or an old one
+            if folder is not None:
+                e["folder"] = folder
             e["flops"] += float(flops)
             e["tokens"] += int(tokens)
             e["steps"] += steps

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import eval as evaluation
 import train
 from experiment.encodings import Encoding
-from experiment.folders import EvalFolder
+from experiment.outputs import EvalFolder
 from experiment.forecast import evaluate
 from experiment.settings import EvalSettings
 from flops import Ledger

@@ -93,10 +93,45 @@ def test_ledger_that_is_a_folder_or_not_a_ledger(series_file, tmp_path, capsys):
                              ({"budget": 1e12, "convention": "exact", "experiments": {"a": {"kind": "train"}}},
                               "entry 'a' must hold non-negative numbers"),
                              ({"budget": 1e12, "convention": "exact",
-                               "experiments": {"a": {"flops": "1e9", "steps": 1, "tokens": 1}}}, "entry 'a'")]:
+                               "experiments": {"a": {"flops": "1e9", "steps": 1, "tokens": 1}}}, "entry 'a'"),
+                             ({"budget": 1e12, "convention": "exact", "experiments": {
+                                 "a": {"flops": 1e9, "steps": 1, "tokens": 1, "last_step": "3"}}},
+                              "entry 'a' must hold last_step (a step number) and keys (a list of names)"),
+                             *[({"budget": b, "convention": "exact", "experiments": {}},
+                                f"the budget must be a finite positive number of FLOPs, got {b!r}")
+                               for b in (float("inf"), float("nan"), -1e12, 0, "1e12")]]:
         (tmp_path / "bad.json").write_text(json.dumps(content))
         argv[i] = str(tmp_path / "bad.json")
         one_line(capsys, train.main(argv), message)
+
+
+def test_a_ledger_entry_without_its_step_and_keys_is_charged_from_step_one(series_file, tmp_path, capsys):
+    """An entry edited by hand (or from before steps were recorded) is charged again from its first step,
+    never a KeyError after a compute."""
+    assert train.main(train_args(series_file, tmp_path)) == 0
+    ledger = json.loads((tmp_path / "ledger.json").read_text())
+    (entry,) = ledger["experiments"].values()
+    del entry["last_step"], entry["keys"]
+    (tmp_path / "ledger.json").write_text(json.dumps(ledger))
+    assert train.main(["--resume", str(tmp_path / "run"), "--max-steps", "4", "--quiet"]) == 0
+    (entry,) = Ledger.open(tmp_path / "ledger.json").experiments.values()
+    assert entry["last_step"] == 4
+
+
+def test_a_copied_run_folder_is_refused_while_the_original_is_there(series_file, tmp_path, capsys):
+    import shutil
+
+    assert train.main(train_args(series_file, tmp_path)) == 0
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    before = Ledger.open(tmp_path / "ledger.json").total
+    one_line(capsys, train.main(["--resume", str(tmp_path / "copy"), "--max-steps", "5", "--quiet"]),
+             f"{tmp_path / 'copy'}: a copy of the run in {tmp_path / 'run'} (the same run id, whose steps the ledger "
+             "charged there); continue that one, or start a new run with --out")
+    assert Ledger.open(tmp_path / "ledger.json").total == before
+    shutil.rmtree(tmp_path / "run")  # moved, not copied: the folder continues where it is now
+    assert train.main(["--resume", str(tmp_path / "copy"), "--max-steps", "5", "--quiet"]) == 0
+    (entry,) = Ledger.open(tmp_path / "ledger.json").experiments.values()
+    assert entry["folder"] == str(tmp_path / "copy") and entry["last_step"] == 5
 
 
 def test_ledger_in_a_read_only_folder(series_file, tmp_path, capsys, monkeypatch):
