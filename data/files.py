@@ -16,20 +16,35 @@ from pathlib import Path
 import numpy as np
 
 
+class WriteFailed(RuntimeError):
+    """A file the file system would not let be written (a full disk, no permission): one line naming
+    it; the file itself is as it was before."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: can't be written ({reason}); it is as it was before")
+
+
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call `write(tmp)` to fill a temporary file in `path`'s folder, flush it to disk, and rename it
-    to `path`. On any error (or Ctrl-C) the temporary file is removed and `path` is untouched."""
+    to `path`. On any error (or Ctrl-C) the temporary file is removed and `path` is untouched; an
+    error of the file system (ENOSPC, EACCES, ...) is raised as WriteFailed naming `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = e if isinstance(e, OSError) else e.__cause__ or e.__context__
+        if isinstance(cause, OSError) and cause.errno is not None:  # torch.save wraps its OSError
+            raise WriteFailed(path, os.strerror(cause.errno)) from None
         raise
     return path
 

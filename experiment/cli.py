@@ -16,6 +16,7 @@ from dataclasses import MISSING, fields
 
 from commandline import Parser, with_default
 from data import DataError
+from data.files import WriteFailed
 from flops import BudgetExceeded
 from flops.ledger import LedgerError
 from qwen_min import LoadError
@@ -23,7 +24,7 @@ from qwen_min import LoadError
 from .errors import RunError, UsageError
 from .groups import Charged
 
-USER_ERRORS = (UsageError, LoadError, DataError, LedgerError, BudgetExceeded)
+USER_ERRORS = (UsageError, LoadError, DataError, LedgerError, BudgetExceeded, WriteFailed)
 
 
 def add_settings(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> argparse.ArgumentParser:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
 import torch
 
 import lora
-from data.files import atomic_write, read_json_object, remove_leftovers, write_text
+from data.files import WriteFailed, atomic_write, read_json_object, remove_leftovers, write_text
 from qwen_min import save_pretrained
 
 from .errors import UsageError
@@ -242,8 +243,21 @@ class RunFolder:
         write_text(self.path / self.METRICS, "".join(json.dumps(m) + "\n" for m in rows))
 
     def append_metrics(self, row: dict) -> None:
-        with open(self.path / self.METRICS, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        """One row more; a row torn by a full disk is dropped when the run is resumed (`read_metrics`)."""
+        path = self.path / self.METRICS
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise WriteFailed(path, e.strerror or str(e)) from None
+
+    def abandon(self) -> None:
+        """Remove what a new run wrote before its config.json (the step-0 checkpoint, its weights), so
+        that the folder can start again."""
+        self.checkpoint.unlink(missing_ok=True)
+        for name in self.WEIGHTS:
+            if (self.path / name).is_dir():
+                shutil.rmtree(self.path / name)
 
     def write_summary(self, summary: dict) -> None:
         write_text(self.path / self.SUMMARY, json.dumps(summary, indent=1) + "\n")

@@ -62,6 +62,7 @@ def plot_losses(metrics: list[dict], path: Path, title: str, ylabel: str = "cros
     if val:
         ax.plot(*zip(*val), "o-", label="validation")
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()

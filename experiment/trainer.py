@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 import lora
-from data.files import file_digest
+from data.files import WriteFailed, file_digest
 from flops import BudgetExceeded, Ledger, get_convention
 from flops.ledger import DEFAULT_BUDGET
 from qwen_min import ModelSource, device_and_dtype, open_model
@@ -177,7 +177,12 @@ class Trainer:
         if self.main and self.continuing:
             print(f"resuming {self.out} from step {self.step_no}", file=sys.stderr)
         if self.main:
-            self.folder.write_config(self.config())
+            try:
+                self.folder.write_config(self.config())
+            except WriteFailed:
+                if not self.continuing:  # no config.json: leave no step-0 checkpoint that would block the folder
+                    self.folder.abandon()
+                raise
             self.folder.write_metrics(self.metrics)
 
     def config(self) -> dict:

@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from data.files import remove_leftovers, write_text
+from data.files import WriteFailed, remove_leftovers, write_text
 
 from .conventions import get_convention
 
@@ -105,8 +105,8 @@ class Ledger:
         try:
             remove_leftovers(path.parent, path.name)  # of writes killed half-way; called under the lock
             write_text(path, json.dumps(data, indent=1))
-        except PermissionError as e:
-            raise LedgerError(f"{path}: can't write the ledger ({e.strerror}); nothing was charged") from None
+        except WriteFailed as e:
+            raise LedgerError(f"{path}: can't write the ledger ({e.reason}); nothing was charged") from None
 
     @staticmethod
     @contextmanager

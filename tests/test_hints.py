@@ -135,3 +135,24 @@ def test_resume_with_another_setting_names_the_flag_to_drop(series_file, tmp_pat
              f"--resume {lora_run}: the run was trained with --lr 0.0001, and a resumed run keeps it; "
              "drop --lr 0.5 to continue it, or start a new run with --out")
     assert json.loads((lora_run / "summary.json").read_text())["steps"] == 3  # nothing trained
+
+
+def test_max_steps_zero_names_the_one_flag(series_file, tmp_path, capsys):
+    err = one_line(capsys, train.main(train_args(series_file, tmp_path, "--max-steps", "0")),
+                   "--max-steps must be at least 1, got 0")
+    assert err.count("--") == 1  # one flag named, not four
+
+
+def test_a_value_run_s_loss_plot_is_per_time_step_on_whole_steps(series_file, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    import experiment.report as report
+    saved = {}
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, dpi: saved.setdefault(path.name, fig))
+    assert train.main(train_args(series_file, tmp_path, "--encoding", "continuous", "--chunk", "30",
+                                 "--stride", "10")) == 0
+    ax = saved["loss.png"].axes[0]
+    assert ax.get_ylabel() == "negative log-likelihood (nats/step)"
+    saved["loss.png"].canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    plt.close(saved["loss.png"])
