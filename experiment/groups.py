@@ -19,6 +19,8 @@ groups they share; config.json and back.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
@@ -286,6 +288,11 @@ def defining(settings) -> dict:
     """The defining settings a checkpoint records, to be checked on resume against config.json's
     (the data file and the model are checked by their digests and shapes instead)."""
     return {name: getattr(settings, name) for name in defining_fields(type(settings)) if name not in ("data", "model")}
+
+
+def settings_digest(settings) -> str:
+    """What decides a unit of work's cost, as a short digest (its defining settings)."""
+    return hashlib.sha256(json.dumps(defining(settings), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def first_difference(settings, saved: dict) -> str | None:

@@ -32,6 +32,7 @@ from .folders import FolderLock, RunFolder, check_writable, new_run_id
 from .models import autocast, optimizer, run_model, to_device
 from .process import all_agree, distributed, learning_rate, make_logger, rng_state, set_rng_state
 from .report import plot_losses
+from .groups import settings_digest
 from .settings import TrainSettings, as_config, defining
 
 
@@ -232,7 +233,7 @@ class Trainer:
         need = cost + eval_share
         try:
             self.ledger.charge(self.key, "train", need, name=s.name, tokens=len(labels) * s.chunk, step=nxt,
-                               folder=str(self.out))
+                               folder=str(self.out), settings=settings_digest(s))
             paid = True
         except BudgetExceeded:
             paid = False

@@ -4,6 +4,7 @@
     python -m flops --seq-len 512 --convention coursework      # the reference report's rules (Table 3)
     python -m flops --seq-len 512 --rank 8 --targets q_proj,v_proj --json
     python -m flops ledger runs/ledger.json                    # the experiment table (Table 5)
+    python -m flops audit runs/report/ledger.json runs/report/*/   # the ledger against the work
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import sys
 from pathlib import Path
 
 from commandline import Parser
+from data import DataError
+from experiment.audit import audit
+from experiment.errors import UsageError
 from experiment.models import meta_model
 from qwen_min import LoadError, QwenConfig, open_model
 from qwen_min.presets import is_preset
@@ -31,7 +35,8 @@ def table_parser() -> Parser:
         "python -m flops --seq-len 512 --rank 8 --json",
         "python -m flops --config scratch-1m --seq-len 100",
         "python -m flops ledger runs/ledger.json                 # the experiments charged to a budget"],
-        subcommands={"ledger": "print a FLOPs ledger's experiments and what is left of its budget"})
+        subcommands={"ledger": "print a FLOPs ledger's experiments and what is left of its budget",
+                     "audit": "check a ledger's chain and re-derive its runs' entries from their folders"})
     p.add_argument("--seq-len", type=int, default=512, help="tokens in the sequence")
     p.add_argument("--convention", choices=sorted(CONVENTIONS), default="exact",
                    help="exact: what the code computes; coursework: the reference report's rules")
@@ -93,10 +98,31 @@ def ledger_main(argv) -> int:
     return 0
 
 
+def audit_main(argv) -> int:
+    p = Parser("python -m flops audit", "Check a ledger: its hash chain and budget, and each training run's entry "
+               "re-derived from the run's settings and data with the code's own flops().",
+               examples=["python -m flops audit runs/report/ledger.json runs/report/*/"])
+    p.add_argument("path", help="the ledger file (required)")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders whose entries to re-derive")
+    args = p.parse_args(argv)
+    if not Path(args.path).is_file():
+        print(f"error: {args.path}: no such ledger file", file=sys.stderr)
+        return 2
+    try:
+        lines, agree = audit(args.path, [d for d in args.runs if (Path(d) / "checkpoint.pt").is_file()])
+    except (LedgerError, LoadError, UsageError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0 if agree else 1
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "ledger":
         return ledger_main(argv[1:])
+    if argv and argv[0] == "audit":
+        return audit_main(argv[1:])
     return table_main(argv)
 
 

@@ -18,6 +18,7 @@ once only, so a resumed run that repeats a step, or a rerun stage, pays nothing 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import time
@@ -37,6 +38,40 @@ class BudgetExceeded(RuntimeError):
 
 class LedgerError(ValueError):
     """A ledger file that can't be used as asked (unreadable, other convention or budget)."""
+
+
+# --- the chain: each entry's hash covers the one before it, the head covers the last --------------
+
+def entry_hash(previous: str, key: str, entry: dict) -> str:
+    body = {k: v for k, v in entry.items() if k != "chain"}
+    return hashlib.sha256((previous + json.dumps([key, body], sort_keys=True)).encode()).hexdigest()
+
+
+def chained(data: dict) -> dict:
+    """`data` with every entry's `chain` hash set in order, and the ledger's `head` (the last hash and
+    the number of entries), so that an edited, deleted or reordered entry breaks the chain."""
+    previous = hashlib.sha256(json.dumps([data["budget"], data["convention"]]).encode()).hexdigest()
+    for key, entry in data["experiments"].items():
+        entry["chain"] = previous = entry_hash(previous, key, entry)
+    data["head"] = {"hash": previous, "entries": len(data["experiments"])}
+    return data
+
+
+def check_chain(path: Path, data: dict) -> None:
+    """Refuse a ledger whose chain breaks: an entry changed, removed or moved by anything but `charge`.
+    A ledger from before the chain (no `head`) is accepted, and chained at its next write."""
+    if "head" not in data:
+        return
+    found = {k: e.get("chain") if isinstance(e, dict) else None for k, e in data["experiments"].items()}
+    head = dict(data["head"]) if isinstance(data["head"], dict) else {}
+    expected = chained(json.loads(json.dumps({k: data[k] for k in ("budget", "convention", "experiments")})))
+    for key, entry in expected["experiments"].items():
+        if found[key] != entry["chain"]:
+            raise LedgerError(f"{path}: the chain breaks at entry {key!r} (changed, removed or reordered by "
+                              f"hand?); a ledger that can't be audited is refused")
+    if head != expected["head"]:
+        raise LedgerError(f"{path}: the chain's head does not match its entries (an entry removed by hand?); "
+                          f"a ledger that can't be audited is refused")
 
 
 class Ledger:
@@ -86,6 +121,7 @@ class Ledger:
         if not isinstance(data.get("experiments"), dict):
             raise LedgerError(f"{path}: not a FLOPs ledger (experiments must be an object, got "
                               f"{type(data.get('experiments')).__name__})")
+        check_chain(path, data)
         for key, e in data["experiments"].items():
             numbers = isinstance(e, dict) and all(
                 isinstance(e.get(f), (int, float)) and not isinstance(e.get(f), bool) and e.get(f) >= 0
@@ -104,7 +140,7 @@ class Ledger:
     def _write(path: Path, data: dict) -> None:
         try:
             remove_leftovers(path.parent, path.name)  # of writes killed half-way; called under the lock
-            write_text(path, json.dumps(data, indent=1))
+            write_text(path, json.dumps(chained(data), indent=1))
         except WriteFailed as e:
             raise LedgerError(f"{path}: can't write the ledger ({e.reason}); nothing was charged") from None
 
@@ -161,14 +197,15 @@ class Ledger:
     # --- charging ----------------------------------------------------------------------------------
     def charge(self, experiment: str, kind: str, flops: float, *, name: str | None = None, tokens: int = 0,
                step: int | None = None, key: str | None = None, steps: int = 1, claim: bool = False,
-               folder: str | None = None) -> bool:
+               folder: str | None = None, settings: str | None = None) -> bool:
         """Add `flops` to the entry `experiment` (a unit of work's identity; `name`, default the same,
         is what people read). With `step`, only if that step is past the last one charged; with `key`,
         only if that key was never charged. Returns whether anything was charged.
         Raises BudgetExceeded (charging nothing) when the total would pass the budget.
         With `claim` (and a `key`), `flops` is a bound claimed before the work: `settle` later
-        replaces it with what the work spent; a claim never settled stays charged in full. `folder`:
-        where the work's files are (a training run's folder), recorded on the entry."""
+        replaces it with what the work spent; a claim never settled stays charged in full. `folder`
+        (where the work's files are) and `settings` (a digest of what decides its cost) are recorded
+        on the entry, for the audit."""
         if not flops >= 0:
             raise ValueError(f"a charge must be a non-negative number of FLOPs, got {flops}")
         with self._locked(self.path):
@@ -185,6 +222,8 @@ class Ledger:
             e.setdefault("last_step", 0), e.setdefault("keys", [])  # an entry edited by hand, or an old one
             if folder is not None:
                 e["folder"] = folder
+            if settings is not None:
+                e["settings"] = settings
             e["flops"] += float(flops)
             e["tokens"] += int(tokens)
             e["steps"] += steps

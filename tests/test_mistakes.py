@@ -106,12 +106,16 @@ def test_ledger_that_is_a_folder_or_not_a_ledger(series_file, tmp_path, capsys):
 
 
 def test_a_ledger_entry_without_its_step_and_keys_is_charged_from_step_one(series_file, tmp_path, capsys):
-    """An entry edited by hand (or from before steps were recorded) is charged again from its first step,
-    never a KeyError after a compute."""
+    """An entry edited by hand is refused (its chain breaks); one from before steps were recorded (and
+    before the chain) is charged again from its first step, never a KeyError after a compute."""
     assert train.main(train_args(series_file, tmp_path)) == 0
     ledger = json.loads((tmp_path / "ledger.json").read_text())
     (entry,) = ledger["experiments"].values()
     del entry["last_step"], entry["keys"]
+    (tmp_path / "ledger.json").write_text(json.dumps(ledger))
+    one_line(capsys, train.main(["--resume", str(tmp_path / "run"), "--max-steps", "4", "--quiet"]),
+             "the chain breaks at entry")
+    del entry["chain"], ledger["head"]  # a ledger as it was written before the chain
     (tmp_path / "ledger.json").write_text(json.dumps(ledger))
     assert train.main(["--resume", str(tmp_path / "run"), "--max-steps", "4", "--quiet"]) == 0
     (entry,) = Ledger.open(tmp_path / "ledger.json").experiments.values()

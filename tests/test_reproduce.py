@@ -71,6 +71,14 @@ def test_plan_completes_and_resumes_to_the_same_ledger(series_file, tmp_path):
     assert Ledger.open(cut / "ledger.json").total == pytest.approx(ledger.total, rel=1e-12)
     assert json.loads((cut / "choice.json").read_text()) == choice
 
+    # the audit: every training run's entry, killed and resumed or not, re-derived from its folder
+    for folder in (whole, cut):
+        runs = sorted(str(p.parent) for p in folder.glob("*/checkpoint.pt"))
+        done = subprocess.run([sys.executable, "-m", "flops", "audit", str(folder / "ledger.json"), *runs], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.count("agrees with the work") == len(runs) >= 7 and "DISAGREES" not in done.stdout
+
 
 def test_budget_too_small_is_refused_up_front(series_file, tmp_path):
     proc = start(plan_args(series_file, tmp_path / "small", budget="1e8"))
