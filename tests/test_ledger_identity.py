@@ -6,18 +6,22 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import stat
 
 import pytest
 
 import eval as evaluation
 import train
+import data.files
 from data import write_series
 from data.files import atomic_write
 from experiment import encodings as encodings_module
 from experiment import trainer as trainer_module
 from experiment.folders import FolderLock, RunFolder
 from flops import COURSEWORK, Ledger
+
+from .test_full_disk import full_disk_at
 
 SERIES = (30, 4)  # systems, seed of the simulated file (conftest.series_file)
 
@@ -231,18 +235,39 @@ class Killed(BaseException):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_property_ledger_equals_what_was_computed_and_stays_within_budget(series_file, tmp_path, monkeypatch, seed):
     """Many runs and evaluations with random settings on one ledger: some into a folder another process
-    holds, some killed and resumed, some evaluations recomputed into the same folder with other settings.
-    After each one the ledger never exceeds its budget; at the end it holds exactly what the runs
-    computed (each run's own count) and what the distinct evaluations computed."""
+    holds, some killed and resumed, some stopped by a full disk and resumed, some copied and the copy
+    resumed, some evaluations recomputed into the same folder with other settings. After each one the
+    ledger never exceeds its budget; at the end it holds exactly what the runs computed (each run's own
+    count) and what the distinct evaluations computed."""
     rng = random.Random(seed)
     ledger = tmp_path / "l.json"
     budget = BUDGET
     Ledger.open(ledger, budget=budget)
     evals, killed = {}, []
-    real_record = trainer_module.Trainer.record
-    for op in range(14):
-        kind = rng.choice(["train", "train", "eval", "busy"])
+    real_record, real_replace = trainer_module.Trainer.record, os.replace
+    work = {}  # (run id, step) and (run id, "validation", step) -> FLOPs, at their first computation
+    real_step, real_validate = trainer_module.Trainer.step, trainer_module.Trainer.validate
+
+    def step(self, nxt, batch, cost):
+        work.setdefault((self.run_id, nxt), cost)
+        return real_step(self, nxt, batch, cost)
+
+    def validate(self, cost):
+        work.setdefault((self.run_id, "validation", self.step_no), cost)
+        return real_validate(self, cost)
+    monkeypatch.setattr(trainer_module.Trainer, "step", step)
+    monkeypatch.setattr(trainer_module.Trainer, "validate", validate)
+    for op in range(16):
+        kind = rng.choice(["train", "train", "eval", "busy", "disk", "copy"])
         out = tmp_path / f"{'eval' if kind == 'eval' else 'train'}-{rng.randrange(4)}"
+        if kind == "copy":
+            if (out / "config.json").exists():
+                before = Ledger.open(ledger).total
+                shutil.copytree(out, tmp_path / "copy")
+                assert train.main(["--resume", str(tmp_path / "copy"), "--max-steps", "9", "--quiet"]) == 2
+                shutil.rmtree(tmp_path / "copy")
+                assert Ledger.open(ledger).total == before
+            continue
         if kind == "eval":
             extra = ["--horizon", str(rng.choice([3, 5])), "--limit", str(rng.choice([1, 2]))]
             code = evaluation.main(eval_args(series_file, ledger, out, *extra))
@@ -260,20 +285,28 @@ def test_property_ledger_equals_what_was_computed_and_stays_within_budget(series
                     return real_record(self, *args, **kwargs)
                 monkeypatch.setattr(trainer_module.Trainer, "record", record)
             lock = FolderLock(RunFolder(out)) if kind == "busy" else None
+            if kind == "disk":  # the second checkpoint write finds the disk full
+                full_disk_at(monkeypatch, "checkpoint.pt", after=1)
             try:
-                train.main(train_args(series_file, ledger, out, *extra))
+                if train.main(train_args(series_file, ledger, out, *extra)) != 0 and kind == "disk":
+                    killed.append(out)
             except Killed:
                 killed.append(out)
             finally:
                 monkeypatch.setattr(trainer_module.Trainer, "record", real_record)
+                monkeypatch.setattr(data.files.os, "replace", real_replace)
                 if lock:
                     lock.release()
         assert Ledger.open(ledger).total <= budget
     for out in killed:  # the same command again continues each killed run to its end
-        train.main(["--resume", str(out), "--quiet"])
+        if (out / "config.json").exists():
+            train.main(["--resume", str(out), "--quiet"])
     runs = [p for p in tmp_path.iterdir() if (p / "summary.json").exists()]
-    computed = sum(summary(p)["flops"] for p in runs) + sum(evals.values())
+    computed = sum(work.values()) + sum(evals.values())
     assert Ledger.open(ledger).total == pytest.approx(computed, rel=1e-12)
+    # each run's own count leaves out what a failure lost and its resume did not redo (a validation
+    # pass at a last step that a longer --max-steps no longer validates): charged, it was computed
+    assert Ledger.open(ledger).total >= sum(summary(p)["flops"] for p in runs) + sum(evals.values()) - 1
     assert Ledger.open(ledger).total <= budget
 
 
