@@ -17,6 +17,7 @@ from .encodings import encoding_of
 from .folders import RunFolder, resume_settings
 from .groups import settings_digest
 from .models import META, run_model
+from .outputs import EvalFolder
 
 
 def expected_run_flops(run_dir: str | Path, steps: int, convention: str) -> float:
@@ -36,9 +37,22 @@ def expected_run_flops(run_dir: str | Path, steps: int, convention: str) -> floa
     return total + len(validated) * val_cost(model, rule, prep.val_ids)
 
 
-def audit(ledger_path: str | Path, run_dirs: list[str]) -> tuple[list[str], bool]:
-    """(a line per entry, whether the ledger and the work agree everywhere they were compared)."""
+def evaluations_of(folders: list[str]) -> dict[str, tuple[str, float]]:
+    """{ledger key: (folder, FLOPs its language models computed)} of the evaluation folders given."""
+    found = {}
+    for d in folders:
+        results = EvalFolder(d).results()
+        if results is not None and "ledger_key" in results:
+            found[results["ledger_key"]] = (d, float(results["flops"]))
+    return found
+
+
+def audit(ledger_path: str | Path, run_dirs: list[str], eval_dirs: list[str] = ()) -> tuple[list[str], bool]:
+    """(a line per entry, whether the ledger and the work agree everywhere they were compared): a
+    training run's entry re-derived from its folder, an evaluation's compared with the FLOPs its
+    results.json records (the same evaluation in any folder computes the same)."""
     ledger = Ledger.open(ledger_path)
+    evals = evaluations_of(list(eval_dirs))
     lines = [f"{ledger_path}: {len(ledger.experiments)} entries, {ledger.total:.6e} of {ledger.budget:.3e} FLOPs, "
              f"chain intact"]
     agree = ledger.total <= ledger.budget
@@ -50,6 +64,15 @@ def audit(ledger_path: str | Path, run_dirs: list[str]) -> tuple[list[str], bool
         runs[config.get("run_id")] = (d, config)
     for key, entry in ledger.experiments.items():
         name = entry.get("name", key)
+        if key in evals:
+            d, flops = evals[key]
+            open_claims = entry.get("claims", {})
+            same = not open_claims and abs(flops - entry["flops"]) <= 1e-9 * max(flops, 1.0)
+            agree &= same
+            lines.append(f"{name} ({key}): {entry['flops']:.6e} FLOPs, an evaluation; " + (
+                "agrees with the work" if same else f"DISAGREES: {d}/results.json records {flops:.6e}"
+                + (f", and {len(open_claims)} claim(s) were never settled" if open_claims else "")))
+            continue
         if key not in runs:
             open_claims = len(entry.get("claims", {}))
             lines.append(f"{name} ({key}): {entry['flops']:.6e} FLOPs, {entry['kind']}; not re-derived (no run folder "

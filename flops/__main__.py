@@ -99,17 +99,20 @@ def ledger_main(argv) -> int:
 
 
 def audit_main(argv) -> int:
-    p = Parser("python -m flops audit", "Check a ledger: its hash chain and budget, and each training run's entry "
-               "re-derived from the run's settings and data with the code's own flops().",
+    p = Parser("python -m flops audit", "Check a ledger: its hash chain and budget, each training run's entry "
+               "re-derived from the run's settings and data with the code's own flops(), and each evaluation's "
+               "against what its results.json records.",
                examples=["python -m flops audit runs/report/ledger.json runs/report/*/"])
     p.add_argument("path", help="the ledger file (required)")
-    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders whose entries to re-derive")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run and evaluation folders whose entries to "
+                   "re-derive (others are left out)")
     args = p.parse_args(argv)
     if not Path(args.path).is_file():
         print(f"error: {args.path}: no such ledger file", file=sys.stderr)
         return 2
     try:
-        lines, agree = audit(args.path, [d for d in args.runs if (Path(d) / "checkpoint.pt").is_file()])
+        lines, agree = audit(args.path, [d for d in args.runs if (Path(d) / "checkpoint.pt").is_file()],
+                             [d for d in args.runs if (Path(d) / "results.json").is_file()])
     except (LedgerError, LoadError, UsageError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -67,3 +67,17 @@ def test_a_run_never_charged_and_changed_settings_are_named(two_runs, series_fil
     assert not agree
     assert any(f"{tmp_path / 'a'}/config.json says other settings than those charged" in line for line in lines)
     assert any(line.startswith(f"{tmp_path / 'c'}: run ") and "has no entry in the ledger" in line for line in lines)
+
+
+def test_an_evaluation_s_entry_is_checked_against_its_results(two_runs, series_file, tmp_path):
+    import eval as evaluation
+
+    from .test_mistakes import eval_args
+    ledger, runs = two_runs
+    assert evaluation.main(eval_args(series_file, tmp_path)) == 0
+    lines, agree = audit(ledger, runs, [str(tmp_path / "eval")])
+    assert agree and sum("agrees with the work" in line for line in lines) == 3
+    results = tmp_path / "eval" / "results.json"
+    results.write_text(json.dumps({**json.loads(results.read_text()), "flops": 1.0}))
+    lines, agree = audit(ledger, runs, [str(tmp_path / "eval")])
+    assert not agree and any("results.json records 1.000000e+00" in line for line in lines)
