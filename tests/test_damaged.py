@@ -160,3 +160,10 @@ def test_an_evaluation_killed_between_batches_charges_only_the_rest_when_run_aga
     assert 0 < results["charged"] < whole / 2  # the fourth batch alone
     final = Ledger.open(tmp_path / "again.json").total
     assert final == pytest.approx(charged + results["charged"]) and final >= whole  # never less than computed
+
+
+def test_an_adapter_config_naming_a_non_string_layer_is_one_line(series_file, tmp_path, value_run, capsys):
+    config = value_run / "adapter_best" / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "modules_to_save": [1, "value_head"]}))
+    one_line(capsys, evaluation.main(eval_args(series_file, tmp_path, "--adapter", str(value_run / "adapter_best"))),
+             f"{config}: modules_to_save=[1, 'value_head'] is not supported")
