@@ -22,6 +22,7 @@ is better for us), and the achieved FLOP/s (exact convention) against a measured
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -41,6 +42,7 @@ from experiment.speed import lora_training_step, sync, timed
 from flops import EXACT
 from qwen_min import (NUMBER_SYMBOLS, LoadError, QwenConfig, QwenForCausalLM, generate, init_weights, load_pretrained,
                       load_tokenizer, parse_device, parse_dtype, save_pretrained)
+from qwen_min.presets import TINY_RANDOM, preset_config
 from qwen_min.tokenizer import tiny_tokenizer
 
 
@@ -69,9 +71,9 @@ def matmul_peak(device: str, dtype: torch.dtype) -> float:
 def save_random(layers: int, directory: str, size: str = "full") -> None:
     """Random weights of Qwen2.5-0.5B's shape (`size` full), or its vocabulary with the tiny preset's
     width (`size` tiny: a rehearsal of the bench in seconds), `layers` blocks."""
-    tiny = {} if size == "full" else {"hidden_size": 64, "intermediate_size": 176, "num_attention_heads": 4,
-                                      "num_key_value_heads": 2}
-    config = QwenConfig(num_hidden_layers=layers, **tiny)
+    config = QwenConfig() if size == "full" else dataclasses.replace(preset_config(TINY_RANDOM),
+                                                                     vocab_size=QwenConfig().vocab_size)
+    config = dataclasses.replace(config, num_hidden_layers=layers)
     save_pretrained(init_weights(QwenForCausalLM(config), seed=0), directory)
 
 

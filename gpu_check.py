@@ -23,11 +23,10 @@ from experiment.speed import batch_sweep, chip_peak
 from flops import Ledger
 from qwen_min import (LoadError, QwenConfig, QwenForCausalLM, init_weights, load_tokenizer, parse_device, parse_dtype,
                       save_pretrained)
+from qwen_min.presets import TINY_RANDOM, preset_config
 from qwen_min.tokenizer import tiny_tokenizer
 
 FULL_BUDGET = 1e17
-TINY = {"vocab_size": 272, "hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2}  # the tiny preset's shape: the rehearsal's size
 CPU_RATIOS = {"forward": 1.037, "eval": 0.424, "train": 0.800}  # docs/speed.md: the 2-core CPU's full bench
 SHARED_TOKENIZER = Path(__file__).resolve().parent.parent / "shared" / "qwen2.5-tokenizer"
 
@@ -37,7 +36,8 @@ STEPS = {"batches": "a LoRA step's speed and MFU against batch size", "model-dir
 
 
 def config_of(size: str) -> QwenConfig:
-    return QwenConfig() if size == "full" else QwenConfig(**TINY)
+    """Qwen2.5-0.5B's config, or the tiny preset's (the rehearsal's size)."""
+    return QwenConfig() if size == "full" else preset_config(TINY_RANDOM)
 
 
 def parser() -> Parser:

@@ -42,8 +42,11 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     except BaseException as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        cause = e if isinstance(e, OSError) else e.__cause__ or e.__context__
-        if isinstance(cause, OSError) and cause.errno is not None:  # torch.save wraps its OSError
+        if isinstance(e, OSError):
+            cause = e
+        else:  # torch.save wraps the OSError; Ctrl-C stays Ctrl-C
+            cause = (e.__cause__ or e.__context__) if isinstance(e, Exception) else None
+        if isinstance(cause, OSError) and cause.errno is not None:
             raise WriteFailed(path, os.strerror(cause.errno)) from None
         raise
     return path

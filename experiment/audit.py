@@ -18,14 +18,13 @@ from .folders import RunFolder, resume_settings
 from .groups import settings_digest
 from .models import META, run_model
 from .outputs import EvalFolder
+from .settings import TrainSettings
 
 
-def expected_run_flops(run_dir: str | Path, steps: int, convention: str) -> float:
-    """The FLOPs a training run's first `steps` claims hold: every step's windows as the trainer
-    drew them, and a validation pass with each step that had one (every --eval-every, and the
-    steps metrics.jsonl records a validation at, such as an earlier start's last step)."""
-    folder = RunFolder(run_dir)
-    s = resume_settings(run_dir).resolved()
+def expected_run_flops(folder: RunFolder, s: TrainSettings, steps: int, convention: str) -> float:
+    """The FLOPs the first `steps` claims of the run in `folder` (its settings `s`) hold: every step's
+    windows as the trainer drew them, and a validation pass with each step that had one (every
+    --eval-every, and the steps metrics.jsonl records a validation at, such as an earlier start's last step)."""
     source, encoding = open_model(s.model), encoding_of(s.encoding)
     model = run_model(s, source, encoding, META, None)
     rule = get_convention(convention)
@@ -82,12 +81,12 @@ def audit(ledger_path: str | Path, run_dirs: list[str], eval_dirs: list[str] = (
         if config.get("world_size", 1) != 1:
             lines.append(f"{name} ({key}): not re-derived (a run of {config['world_size']} processes)")
             continue
-        now = settings_digest(resume_settings(d).resolved())
-        if entry.get("settings", now) != now:
+        settings = resume_settings(d).resolved()
+        if entry.get("settings", settings_digest(settings)) != settings_digest(settings):
             agree = False
             lines.append(f"{name} ({key}): DISAGREES: {d}/config.json says other settings than those charged")
             continue
-        expected = expected_run_flops(d, entry.get("last_step", 0), ledger.convention)
+        expected = expected_run_flops(RunFolder(d), settings, entry.get("last_step", 0), ledger.convention)
         same = abs(expected - entry["flops"]) <= 1e-9 * max(expected, 1.0)
         agree &= same
         lines.append(f"{name} ({key}): {entry['flops']:.6e} FLOPs for {entry.get('last_step', 0)} steps; "

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 import lora
-from data.files import file_digest, read_json_object
+from data.files import file_digest
 from flops import Convention, Ledger, get_convention
 from qwen_min import ModelSource, device_and_dtype, open_model
 from qwen_min.weights import empty_model, is_preset
@@ -69,8 +69,7 @@ def with_base_model(flags: dict) -> dict:
         return flags
     path = resolve_adapter(flags["adapter"][0])
     run = RunFolder.containing(path)
-    base = run.read_config().get("model") if run else \
-        read_json_object(path / lora.adapter.CONFIG_FILE, UsageError).get("base_model_name_or_path")
+    base = run.read_config().get("model") if run else lora.Adapter(path).config.get("base_model_name_or_path")
     if isinstance(base, str) and (is_preset(base) or Path(base).is_dir()):
         return {**flags, "model": base}
     return flags
@@ -133,7 +132,7 @@ def forecast_batches(model, tok, encoding: Encoding, values: np.ndarray, s: Eval
                      convention: Convention, bar=None, ledger=None) -> tuple[dict, dict, float]:
     """Forecast samples {ctx: (systems, samples, horizon, 2)} in original units, steps that failed to
     parse {ctx: count}, and the FLOPs spent, `batch_size` systems at a time, each batch with every
-    context and every sample. `ledger.claim(first, end, batch)` is called before each batch on
+    context and every sample. `ledger.claim(first, end)` is called before each batch on
     systems first..end-1 and `ledger.settle(first, end, flops, claimed)` after it, so no batch is
     computed that the budget can't pay for, and a run stopped part-way has charged what it computed."""
     gen, rng, task = torch.Generator().manual_seed(s.seed), np.random.default_rng(s.seed), s.task
@@ -142,7 +141,7 @@ def forecast_batches(model, tok, encoding: Encoding, values: np.ndarray, s: Eval
     spent = 0.0
     for start in range(0, len(values), s.batch_size):
         batch = values[start:start + s.batch_size]
-        claimed = ledger.claim(start, start + len(batch), batch) if ledger is not None else False
+        claimed = ledger.claim(start, start + len(batch)) if ledger is not None else False
         samples, bad, cost = encoding.forecast(model, tok, batch, alpha, task, convention, gen, rng)
         spent += cost.forward
         if ledger is not None:
@@ -161,12 +160,13 @@ class BatchClaims:
     before it is computed, then settled to what it spent; a batch an earlier run of the same
     evaluation charged is computed again without a charge."""
 
-    def __init__(self, ledger: Ledger, key: str, name: str, label: str, bound):
-        self.ledger, self.key, self.name, self.label, self.bound = ledger, key, name, label, bound
+    def __init__(self, ledger: Ledger, key: str, name: str, label: str, bounds: dict[int, float]):
+        """`bounds`: {a batch's first system: the FLOPs bound of the batch}."""
+        self.ledger, self.key, self.name, self.label, self.bounds = ledger, key, name, label, bounds
         self.charged = 0.0
 
-    def claim(self, first: int, end: int, batch: np.ndarray) -> bool:
-        return self.ledger.charge(self.key, "eval", self.bound(batch), name=self.name, tokens=0, steps=0,
+    def claim(self, first: int, end: int) -> bool:
+        return self.ledger.charge(self.key, "eval", self.bounds[first], name=self.name, tokens=0, steps=0,
                                   key=f"{self.label}|systems{first}-{end}", claim=True)
 
     def settle(self, first: int, end: int, spent: float, claimed: bool) -> None:
@@ -189,13 +189,14 @@ def forecast_language_models(s: EvalSettings, sel: Selection, source: ModelSourc
         model = forecast_model(source, encoding, s.seed, device, dtype, adapter)
         spec = getattr(model, "spec", None)  # the value head it forecasts with, recorded in results.json
         heads[label] = None if spec is None else {"components": spec.components, "space": spec.space, "steps": spec.steps}
-        need = encoding.bound(model, tok, sel.values, sel.alpha, s.task, convention)
+        bounds = {b: encoding.bound(model, tok, sel.values[b:b + s.batch_size], sel.alpha, s.task, convention)
+                  for b in range(0, len(sel.values), s.batch_size)}  # each batch's, claimed before it is computed
+        need = sum(bounds.values())
         if not ledger.can_afford(need):
             raise UsageError(f"{s.ledger}: evaluating {label} needs up to {need:.3e} FLOPs, "
                              f"{ledger.refresh().remaining:.3e} remain")
 
-        claims = BatchClaims(ledger, key, s.ledger_name, label, lambda batch, model=model: encoding.bound(
-            model, tok, batch, sel.alpha, s.task, convention))
+        claims = BatchClaims(ledger, key, s.ledger_name, label, bounds)
         samples, failed[label], flops[label] = forecast_batches(model, tok, encoding, sel.values, s, sel.alpha,
                                                                convention, bar, claims)
         charged += claims.charged

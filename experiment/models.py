@@ -42,13 +42,22 @@ def run_model(s, source: ModelSource, encoding: Encoding, device, dtype):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    lora.inject(model, rank=s.rank, alpha=s.alpha, dropout=s.dropout, targets=s.targets, verbose=False)
-    for layer in lora.lora_layers(model).values():
-        layer.lora_A.float()  # adapters train in fp32 even on a bf16 base
-        layer.lora_B.float()
-        layer.reset_lora(generator=gen)
+    add_lora(model, s.rank, s.targets, s.alpha, s.dropout, gen)
     for name in encoding.trained_layers:
         getattr(model, name).float().requires_grad_(True)
+    return model
+
+
+def add_lora(model, rank: int, targets, alpha: float | None = None, dropout: float = 0.0,
+             generator: torch.Generator | None = None):
+    """LoRA of `rank` on `targets` injected into `model` as a training run trains it: in fp32 even on
+    a bf16 base, its matrices drawn from `generator` (when given) after the cast."""
+    lora.inject(model, rank=rank, alpha=alpha, dropout=dropout, targets=targets, verbose=False)
+    for layer in lora.lora_layers(model).values():
+        layer.lora_A.float()
+        layer.lora_B.float()
+        if generator is not None:
+            layer.reset_lora(generator=generator)
     return model
 
 

@@ -14,7 +14,7 @@ from flops import EXACT
 from qwen_min import QwenConfig, QwenForCausalLM, init_weights
 from qwen_min.loss import lm_loss
 
-from .models import autocast, optimizer
+from .models import add_lora, autocast, optimizer
 
 # dense bf16 tensor-core peak, FLOP/s, by a name torch.cuda.get_device_name() contains (the vendors' sheets)
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
@@ -54,10 +54,7 @@ def lora_training_step(model, device: str | torch.device, rank: int = 8, targets
     and return `step(ids)`: one AdamW step (the trainer's optimizer and autocast) on token ids
     (B, T) that are their own labels, returning the loss."""
     dev = torch.device(device)
-    lora.inject(model, rank=rank, targets=targets, verbose=False)
-    for layer in lora.lora_layers(model).values():
-        layer.lora_A.float()
-        layer.lora_B.float()
+    add_lora(model, rank, targets)
     opt = optimizer(lora.trainable_parameters(model), lr, 0.0, dev)
     dtype = next(model.parameters()).dtype
 

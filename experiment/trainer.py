@@ -104,6 +104,7 @@ class Trainer:
                                  f"({self.full_step + self.eval_flops:.3e} FLOPs)")
             self.s = s = dataclasses.replace(s, max_steps=steps)
         self.check_budget(existing)
+        self.settings_digest = settings_digest(s)  # recorded with every claim, for the audit
         self.train_model = LossModule(self.model, self.encoding)
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.train_model)
@@ -233,7 +234,7 @@ class Trainer:
         need = cost + eval_share
         try:
             self.ledger.charge(self.key, "train", need, name=s.name, tokens=len(labels) * s.chunk, step=nxt,
-                               folder=str(self.out), settings=settings_digest(s))
+                               folder=str(self.out), settings=self.settings_digest)
             paid = True
         except BudgetExceeded:
             paid = False
