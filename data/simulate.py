@@ -17,8 +17,10 @@ The ranges are those fitted to the reference set, with K in (4, 14) and b in (0.
 below 0.1, per species) lands within 15% of the reference's on every figure (see the README).
 
 Other families (`RANGES`): the classical model (no carrying capacity, predation b x y), Holling type
-III (predation b x^2 y / (1 + h x^2)) and Beddington-DeAngelis (b x y / (1 + h x + e y), predators
-interfering). A `World` mixes families, widens the ranges, and adds observation noise; `WORLDS` are
+III (predation b x^2 y / (1 + h x^2)), Ivlev's response (b (1 - exp(-h x)) y / h, saturating as an
+exponential), Holling-Tanner (Rosenzweig-MacArthur's prey, predators growing logistically towards
+q x: dy/dt = s y (1 - y / (q x)), Leslie-Gower's form) and Beddington-DeAngelis (b x y / (1 + h x + e y),
+predators interfering). A `World` mixes families, widens the ranges, and adds observation noise; `WORLDS` are
 where training systems come from, `SETS` the test sets that no training run draws from.
 """
 
@@ -44,6 +46,9 @@ RANGES = {
     "rosenzweig-macarthur": RM_RANGES,
     "classical": CLASSICAL_RANGES,
     "holling-iii": {**RM_RANGES, "b": (0.1, 0.3), "h": (0.02, 0.1)},  # predation b x^2 / (1 + h x^2)
+    "ivlev": {**RM_RANGES, "h": (0.05, 0.3)},  # predation b (1 - exp(-h x)) / h
+    # predators s y (1 - y / (q x)) in place of c P - g y
+    "holling-tanner": {**{k: r for k, r in RM_RANGES.items() if k not in ("c", "g")}, "s": (0.01, 0.1), "q": (0.2, 1.0)},
     "beddington-deangelis": {**RM_RANGES, "e": (0.1, 0.5)},  # predation b x / (1 + h x + e y)
 }
 MODELS = tuple(RANGES)
@@ -61,22 +66,34 @@ def predation(params: dict[str, np.ndarray], model: str):
         return lambda x, y: b * x * y
     if model == "holling-iii":
         return lambda x, y: b * x * x * y / (1 + params["h"] * x * x)
+    if model == "ivlev":
+        return lambda x, y: b * (1 - np.exp(-params["h"] * x)) * y / params["h"]
     if model == "beddington-deangelis":
         return lambda x, y: b * x * y / (1 + params["h"] * x + params["e"] * y)
     return lambda x, y: b * x * y / (1 + params["h"] * x)
 
 
+def predator_growth(params: dict[str, np.ndarray], model: str):
+    """dy/dt(x, y, P) with P the prey eaten: the predators grow by c P and die at rate g, but in
+    Holling-Tanner, where they grow logistically towards q predators a prey (Leslie-Gower)."""
+    if model == "holling-tanner":
+        s, q = params["s"], params["q"]
+        return lambda x, y, p: s * y * (1 - y / (q * np.maximum(x, 1e-9)))
+    c, g = params["c"], params["g"]
+    return lambda x, y, p: c * p - g * y
+
+
 def rhs(params: dict[str, np.ndarray], model: str):
     """The right-hand side for n systems at once; the state is (x_1..x_n, y_1..y_n). Every family but
     the classical one has logistic prey growth (carrying capacity K)."""
-    a, g, c = params["a"], params["g"], params["c"]
-    eaten = predation(params, model)
+    a = params["a"]
+    eaten, predators = predation(params, model), predator_growth(params, model)
     growth = (lambda x: a * x) if model == "classical" else (lambda x: a * x * (1 - x / params["K"]))
 
     def f(t, z):
         x, y = np.split(z, 2)
         p = eaten(x, y)
-        return np.concatenate([growth(x) - p, c * p - g * y])
+        return np.concatenate([growth(x) - p, predators(x, y, p)])
     return f
 
 
@@ -123,13 +140,15 @@ class World:
 
 
 # where the training systems come from (train.py --world): the ranges fitted to the reference set,
-# or a wider world: three families, 1.5 times the fitted ranges, noise and amplitude jitter
+# or a wider world: three (or five) families, 1.5 times the fitted ranges, noise and amplitude jitter
 WORLDS = {
     "fitted": World(),
     "wide": World(families=("rosenzweig-macarthur", "classical", "holling-iii"), width=1.5, starts=(0.6, 1.6),
                   noise=(0.0, 0.08), jitter=0.25),
     "wide-half-clean": World(families=("rosenzweig-macarthur", "classical", "holling-iii"), width=1.5,
                              starts=(0.6, 1.6), noise=(0.01, 0.08), clean=0.5, jitter=0.25),
+    "wide-families": World(families=("rosenzweig-macarthur", "classical", "holling-iii", "ivlev", "holling-tanner"),
+                           width=1.5, starts=(0.6, 1.6), noise=(0.01, 0.08), clean=0.5, jitter=0.25),
 }
 # test sets no training run uses, each harder than the fitted world in one way: (world, seed)
 SETS = {

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import lora
 import train
 from data import load_series
-from data.simulate import MODELS, SETS, WORLDS, World, main as simulate_main, simulate_world
+from data.simulate import MODELS, SETS, WORLDS, World, integrate, main as simulate_main, simulate_world
 from experiment import trainer as trainer_module
 from experiment.scoring import Forecast, score_distribution
 from flops import EXACT
@@ -37,7 +37,7 @@ def test_each_family_reproduces_from_its_seed_and_stays_finite(family):
     c, _, _ = simulate_world(world, 12, seed=6)
     assert a.shape == (12, 100, 2) and np.array_equal(a, b) and not np.array_equal(a, c)
     assert np.isfinite(a).all() and (a >= 0).all() and a.max() > 0.5
-    assert set(params) >= {"a", "b", "g", "c", "x0", "y0"}
+    assert set(params) >= {"a", "b", "x0", "y0"} | ({"s", "q"} if family == "holling-tanner" else {"c", "g"})
 
 
 def test_the_test_sets_are_what_their_names_say():
@@ -65,6 +65,18 @@ def test_the_wide_world_mixes_families_and_observes_with_noise():
     assert set(np.unique(params["family"])) == {0, 1, 2} and np.isfinite(traj).all() and (traj >= 0).all()
     again, _, _ = simulate_world(WORLDS["wide"], 90, seed=1)
     assert np.array_equal(traj, again)
+    # five families, half the systems clean: Ivlev's and Holling-Tanner's systems are drawn too
+    traj, _, params = simulate_world(WORLDS["wide-families"], 100, seed=2)
+    assert set(np.unique(params["family"])) == {0, 1, 2, 3, 4} and np.isfinite(traj).all() and (traj >= 0).all()
+    tanner = params["family"] == WORLDS["wide-families"].families.index("holling-tanner")
+    assert np.isfinite(params["q"][tanner]).all() and np.isnan(params["q"][~tanner]).all()
+
+
+def test_holling_tanner_predators_settle_towards_q_times_the_prey():
+    """Leslie-Gower predators: where a Holling-Tanner system comes to rest, y = q x."""
+    params = {k: np.array([v]) for k, v in dict(a=0.2, b=0.3, h=0.1, K=6.0, s=0.2, q=0.5, x0=1.0, y0=1.0).items()}
+    end = integrate(params, np.linspace(0, 2000, 400), "holling-tanner")[0, -1]
+    assert end[1] == pytest.approx(0.5 * end[0], rel=1e-3)
 
 
 def test_simulate_writes_a_named_set_and_refuses_a_folder(tmp_path, capsys):
@@ -187,9 +199,17 @@ class Killed(BaseException):
     """The process dies: no clean-up of the run's own."""
 
 
+def test_the_scratch_presets_default_to_a_mixture_of_several_steps_in_the_wide_world():
+    s = train.settings_from_argv(["--model", "scratch-1m"]).resolved()
+    assert (s.components, s.head_steps, s.world) == (3, 20, "wide-half-clean") and s.spec == ValueSpec(3, "log", 20)
+    assert train.settings_from_argv(["--model", "scratch-1m", "--components", "1"]).resolved().spec == ValueSpec(1, "log", 20)
+    lora_run = train.settings_from_argv(["--model", "tiny-random", "--encoding", "continuous"]).resolved()
+    assert (lora_run.spec, lora_run.world) == (ValueSpec(1, "log", 1), "fitted")
+
+
 def test_a_wide_world_run_of_a_several_step_head_learns_and_resumes_exactly(series_file, tmp_path, monkeypatch):
     def argv(folder):
-        return ["--model", "tiny-random", "--encoding", "continuous", "--full", "--head-steps", "5",
+        return ["--model", "tiny-random", "--encoding", "continuous", "--full", "--head-steps", "5", "--components", "3",
                 "--world", "wide", "--fresh-systems", "12", "--data", str(series_file), "--chunk", "100",
                 "--stride", "100", "--batch-size", "4", "--val-limit", "4", "--lr", "3e-3", "--max-steps", "10",
                 "--eval-every", "5", "--checkpoint-every", "2", "--quiet", "--ledger", str(folder / "ledger.json"),
@@ -217,7 +237,7 @@ def test_a_wide_world_run_of_a_several_step_head_learns_and_resumes_exactly(seri
     assert all(torch.equal(a[k], b[k]) for k in a)
     config = json.loads((whole / "run/config.json").read_text())
     assert (config["world"], config["head_steps"]) == ("wide", 5) and load_pretrained(
-        whole / "run/model_best").spec == ValueSpec(1, "log", 5)
+        whole / "run/model_best").spec == ValueSpec(3, "log", 5)
 
 
 # --- evaluations side by side ----------------------------------------------------------------------
