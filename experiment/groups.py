@@ -115,7 +115,8 @@ MAX_COMPONENTS, MAX_HEAD_STEPS = 64, 100  # a head of k components x steps x 6 o
 
 @dataclass(frozen=True)
 class ValueHead(Group):
-    components: int = opt(1, "Gaussians per species in the continuous head (1: a Gaussian)", defining=True)
+    components: int | None = opt(None, "Gaussians per species in the continuous head, a mixture (1: a Gaussian) "
+                                 "(default: 3 for the scratch-* presets, else 1)", type=int, defining=True)
     value_space: str = opt("log", "where the continuous head's Gaussians live: log (of log(value + 0.01), so "
                            "changes are relative) or linear (of the scaled value)", choices=VALUE_SPACES,
                            defining=True)
@@ -126,8 +127,9 @@ class ValueHead(Group):
                                  "presets, else 1)", type=int, defining=True)
 
     def check(self) -> None:
-        at_least(self.components, 1, "--components")
-        need(self.components <= MAX_COMPONENTS, f"--components must be at most {MAX_COMPONENTS}, got {self.components}")
+        if self.components is not None:  # None: the preset's default, filled in when resolved
+            at_least(self.components, 1, "--components")
+            need(self.components <= MAX_COMPONENTS, f"--components must be at most {MAX_COMPONENTS}, got {self.components}")
         need(self.head_steps is None or 1 <= self.head_steps <= MAX_HEAD_STEPS,
              f"--head-steps must be 1 to {MAX_HEAD_STEPS} (a series' length), got {self.head_steps}")
         super().check()

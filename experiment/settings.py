@@ -34,7 +34,8 @@ __all__ = ["RunError", "UsageError", "TrainSettings", "SweepSettings", "EvalSett
            "absolute", "as_config", "defining", "defining_fields", "derive", "first_difference", "from_config"]
 
 FRESH_SYSTEMS = 850  # new systems per epoch for the scratch-* presets: the file's training split's size
-SCRATCH_HEAD_STEPS, SCRATCH_WORLD = 20, "wide-half-clean"  # the scratch presets' forecaster (see docs/results.md)
+# the scratch presets' forecaster (see docs/results.md): a head of 20 steps, a mixture of 3 Gaussians, the wide world
+SCRATCH_HEAD_STEPS, SCRATCH_COMPONENTS, SCRATCH_WORLD = 20, 3, "wide-half-clean"
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -56,7 +57,8 @@ class CommonTrain(Machine, LoRAShape, ValueHead, Encoded, Windows, Work, Charged
                                     defining=True)
     world: str | None = opt(None, "where the fresh systems come from: fitted (the ranges fitted to the reference set), "
                             "wide (three predator-prey families, ranges 1.5 times as wide, observation noise and "
-                            "amplitude jitter) or wide-half-clean (the same, half the systems without noise); see "
+                            "amplitude jitter), wide-half-clean (the same, half the systems without noise) or wide-families "
+                            "(wide-half-clean with two more families, Ivlev and Holling-Tanner); see "
                             "data.simulate.WORLDS (default: wide-half-clean for the scratch-* presets, else fitted)",
                             type=str, choices=tuple(WORLDS), defining=True)
     log: str = opt("none", "extra logging", choices=("none", "tensorboard", "wandb"))
@@ -93,6 +95,8 @@ class CommonTrain(Machine, LoRAShape, ValueHead, Encoded, Windows, Work, Charged
             s = dataclasses.replace(s, fresh_systems=FRESH_SYSTEMS if s.scratch else 0)
         if s.head_steps is None:
             s = dataclasses.replace(s, head_steps=SCRATCH_HEAD_STEPS if s.scratch else 1)
+        if s.components is None:
+            s = dataclasses.replace(s, components=SCRATCH_COMPONENTS if s.scratch else 1)
         if s.world is None:
             s = dataclasses.replace(s, world=default_world(s.model))
         s = s.with_windows(s.encoding)

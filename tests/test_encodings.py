@@ -342,11 +342,12 @@ def test_a_continuous_model_directory_is_trained_in_its_own_space(series_file, t
     assert train.main(args(series_file, tmp_path, *common, "--value-space", "linear", "--out", str(tmp_path / "run"))) == 0
     # without --out, runs of the two spaces (and of another mixture) get folders of their own
     names = {train.settings_from_argv(["--model", "scratch-1m", *extra]).resolved().name
-             for extra in ([], ["--value-space", "linear"], ["--components", "3"], ["--head-steps", "1"],
+             for extra in ([], ["--value-space", "linear"], ["--components", "1"], ["--head-steps", "1"],
                            ["--world", "fitted"])}
-    assert names == {"full-scratch-1m-continuous-h20-lr0.0001-c100", "full-scratch-1m-continuous-linear-h20-lr0.0001-c100",
-                     "full-scratch-1m-continuous-k3-h20-lr0.0001-c100", "full-scratch-1m-continuous-lr0.0001-c100",
-                     "full-scratch-1m-continuous-h20-fitted-lr0.0001-c100"}
+    assert names == {"full-scratch-1m-continuous-k3-h20-lr0.0001-c100",
+                     "full-scratch-1m-continuous-linear-k3-h20-lr0.0001-c100",
+                     "full-scratch-1m-continuous-h20-lr0.0001-c100", "full-scratch-1m-continuous-k3-lr0.0001-c100",
+                     "full-scratch-1m-continuous-k3-h20-fitted-lr0.0001-c100"}
     assert load_pretrained(tmp_path / "run/model_last").spec == ValueSpec(1, "linear")
 
 
