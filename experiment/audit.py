@@ -82,7 +82,8 @@ def audit(ledger_path: str | Path, run_dirs: list[str], eval_dirs: list[str] = (
             lines.append(f"{name} ({key}): not re-derived (a run of {config['world_size']} processes)")
             continue
         settings = resume_settings(d).resolved()
-        if entry.get("settings", settings_digest(settings)) != settings_digest(settings):
+        digest = settings_digest(settings)
+        if entry.get("settings", digest) != digest:
             agree = False
             lines.append(f"{name} ({key}): DISAGREES: {d}/config.json says other settings than those charged")
             continue

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -165,13 +165,16 @@ class BatchClaims:
         self.ledger, self.key, self.name, self.label, self.bounds = ledger, key, name, label, bounds
         self.charged = 0.0
 
+    def batch_key(self, first: int, end: int) -> str:
+        return f"{self.label}|systems{first}-{end}"
+
     def claim(self, first: int, end: int) -> bool:
         return self.ledger.charge(self.key, "eval", self.bounds[first], name=self.name, tokens=0, steps=0,
-                                  key=f"{self.label}|systems{first}-{end}", claim=True)
+                                  key=self.batch_key(first, end), claim=True)
 
     def settle(self, first: int, end: int, spent: float, claimed: bool) -> None:
         if claimed:
-            self.ledger.settle(self.key, f"{self.label}|systems{first}-{end}", spent)
+            self.ledger.settle(self.key, self.batch_key(first, end), spent)
             self.charged += spent
 
 
@@ -188,7 +191,7 @@ def forecast_language_models(s: EvalSettings, sel: Selection, source: ModelSourc
                                                                                       for a in adapters]:
         model = forecast_model(source, encoding, s.seed, device, dtype, adapter)
         spec = getattr(model, "spec", None)  # the value head it forecasts with, recorded in results.json
-        heads[label] = None if spec is None else {"components": spec.components, "space": spec.space, "steps": spec.steps}
+        heads[label] = None if spec is None else asdict(spec)  # {components, space, steps}
         bounds = {b: encoding.bound(model, tok, sel.values[b:b + s.batch_size], sel.alpha, s.task, convention)
                   for b in range(0, len(sel.values), s.batch_size)}  # each batch's, claimed before it is computed
         need = sum(bounds.values())

@@ -50,7 +50,6 @@ class EvalFolder:
         write_text(self.path / self.TABLE, table)
 
 
-
 class SweepFolder:
     """The sweep's folder: a run folder per grid cell, and the table (sweep.md, and sweep.json)."""
 

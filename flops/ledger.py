@@ -111,12 +111,13 @@ class Ledger:
     def _read(path: Path) -> dict:
         try:
             data = json.loads(path.read_text())
-            budget = float(data["budget"]), get_convention(data["convention"])
+            budget = float(data["budget"])
+            get_convention(data["convention"])
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
             raise LedgerError(f"{path}: not a FLOPs ledger ({type(e).__name__}: {e})") from None
         except OSError as e:
             raise LedgerError(f"{path}: can't read the ledger ({e.strerror})") from None
-        if not (isinstance(data["budget"], (int, float)) and math.isfinite(budget[0]) and budget[0] > 0):
+        if not (isinstance(data["budget"], (int, float)) and math.isfinite(budget) and budget > 0):
             raise LedgerError(f"{path}: the budget must be a finite positive number of FLOPs, got {data['budget']!r}")
         if not isinstance(data.get("experiments"), dict):
             raise LedgerError(f"{path}: not a FLOPs ledger (experiments must be an object, got "
@@ -212,14 +213,14 @@ class Ledger:
             self.refresh()
             e = self.experiments.setdefault(experiment, {"name": name or experiment, "kind": kind, "steps": 0,
                                                          "tokens": 0, "flops": 0.0, "last_step": 0, "keys": []})
-            if (step is not None and step <= e.get("last_step", 0)) or (key is not None and key in e.get("keys", [])):
+            e.setdefault("last_step", 0), e.setdefault("keys", [])  # an entry edited by hand, or an old one
+            if (step is not None and step <= e["last_step"]) or (key is not None and key in e["keys"]):
                 return False
             if self.total + flops > self.budget:
                 if not e["flops"] and not e["steps"]:
                     del self.experiments[experiment]
                 raise BudgetExceeded(f"{self.path}: charging {flops:.3g} FLOPs to {e['name']!r} would take the ledger "
                                      f"to {self.total + flops:.4g} of its {self.budget:.3g} budget")
-            e.setdefault("last_step", 0), e.setdefault("keys", [])  # an entry edited by hand, or an old one
             if folder is not None:
                 e["folder"] = folder
             if settings is not None:
