@@ -66,7 +66,7 @@ class Encoding:
     def check(self, decimals: int) -> None:
         """What this encoding needs of the other settings."""
 
-    def spec(self, components: int, space: str, steps: int) -> ValueSpec | None:
+    def spec(self, components: int, space: str, steps: int, inputs: str = "level") -> ValueSpec | None:
         """The head a model of this encoding has: None, an LM head over the vocabulary."""
         return None
 
@@ -237,8 +237,8 @@ class Continuous(Encoding):
     def default_stride(self, chunk: int) -> int:
         return chunk
 
-    def spec(self, components: int, space: str, steps: int) -> ValueSpec:
-        return ValueSpec(components, space, steps)
+    def spec(self, components: int, space: str, steps: int, inputs: str = "level") -> ValueSpec:
+        return ValueSpec(components, space, steps, inputs)
 
     def top(self, alpha: float, decimals: int) -> float:
         return float("inf")  # a value is a value: no vocabulary to stay within
@@ -248,14 +248,16 @@ class Continuous(Encoding):
         default = ValueSpec()
         return (f"-{self.name}" + ("" if spec.space == default.space else f"-{spec.space}")
                 + ("" if spec.components == default.components else f"-k{spec.components}")
-                + ("" if spec.steps == default.steps else f"-h{spec.steps}"))
+                + ("" if spec.steps == default.steps else f"-h{spec.steps}")
+                + ("" if spec.inputs == default.inputs else f"-{spec.inputs}"))
 
     def check_model(self, source, spec: ValueSpec | None) -> None:
         saved = source.spec  # a preset's is built as asked
         if saved is not None and saved != spec:
             raise UsageError(f"--model {source.name} is a continuous model of {saved.components} component(s) in "
-                             f"{saved.space} space over {saved.steps} step(s); give --components {saved.components} "
-                             f"--value-space {saved.space} --head-steps {saved.steps}")
+                             f"{saved.space} space over {saved.steps} step(s) reading {saved.inputs} inputs; give "
+                             f"--components {saved.components} --value-space {saved.space} --head-steps {saved.steps} "
+                             f"--value-inputs {saved.inputs}")
         found = None if source.preset else source.encoding
         if found is not None and found != self.name and found not in self.serves_models_of:
             raise self.refusal(source, found)

@@ -32,8 +32,9 @@ from .settings import TrainSettings, as_config, first_difference, from_config
 
 # what a run from before a setting existed computed: digit text (a continuous run always says so);
 # before --value-space, the values themselves; before --head-steps, the next step; before --world,
-# the fitted world's systems
-BEFORE_SETTINGS = {"encoding": "digits", "components": 1, "value_space": "linear", "head_steps": 1, "world": "fitted"}
+# the fitted world's systems; before --value-inputs, levels
+BEFORE_SETTINGS = {"encoding": "digits", "components": 1, "value_space": "linear", "head_steps": 1, "world": "fitted",
+                   "value_inputs": "level"}
 
 CHECKPOINT_KEYS = {"trainable": dict, "optimizer": dict, "step": int, "best_val": float, "tokens": int,
                    "seconds": float, "flops": float, "rng": dict}
@@ -175,7 +176,7 @@ class RunFolder:
             return
         saved = self.read_config()
         recorded = {"components": adapter.spec.components, "value_space": adapter.spec.space,
-                    "head_steps": adapter.spec.steps}
+                    "head_steps": adapter.spec.steps, "value_inputs": adapter.spec.inputs}
         for k, v in recorded.items():
             if k in saved and saved[k] is not None and saved[k] != v:
                 raise UsageError(f"{adapter.directory}: its value head has {k} {v!r}, but the run's "

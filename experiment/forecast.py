@@ -191,7 +191,7 @@ def forecast_language_models(s: EvalSettings, sel: Selection, source: ModelSourc
                                                                                       for a in adapters]:
         model = forecast_model(source, encoding, s.seed, device, dtype, adapter)
         spec = getattr(model, "spec", None)  # the value head it forecasts with, recorded in results.json
-        heads[label] = None if spec is None else asdict(spec)  # {components, space, steps}
+        heads[label] = None if spec is None else asdict(spec)  # {components, space, steps, inputs}
         bounds = {b: encoding.bound(model, tok, sel.values[b:b + s.batch_size], sel.alpha, s.task, convention)
                   for b in range(0, len(sel.values), s.batch_size)}  # each batch's, claimed before it is computed
         need = sum(bounds.values())

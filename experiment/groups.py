@@ -4,7 +4,7 @@
     Work         model, seed
     Series       data, split_seed, decimals
     Encoded      encoding (a Series read by an encoding, which checks what it needs of it)
-    ValueHead    components, value_space, head_steps (a continuous model's head)
+    ValueHead    components, value_space, head_steps, value_inputs (a continuous model's head and inputs)
     LoRAShape    alpha, dropout, targets (the rank is each run's own: a sweep has several)
     Windows      batch_size, chunk, stride, eval_every, val_limit (training batches)
     Forecasting  ctx, horizon, plot_systems
@@ -28,7 +28,7 @@ import lora
 from data import DEFAULT_PATH
 from flops.ledger import DEFAULT_BUDGET
 from qwen_min import LoadError
-from qwen_min.continuous import VALUE_SPACES
+from qwen_min.continuous import VALUE_INPUTS, VALUE_SPACES
 
 from .encodings import ENCODINGS, encoding_of
 from .errors import UsageError, finite, need
@@ -125,6 +125,10 @@ class ValueHead(Group):
                                  "forecasts a step at a time, each fed back; 20 a whole forecast from one pass over "
                                  "the context (a patch, trained on every step of it) (default: 20 for the scratch-* "
                                  "presets, else 1)", type=int, defining=True)
+    value_inputs: str | None = opt(None, "what the continuous model reads at each step: level (the value in the "
+                                   "space) or centred (that minus the series' running mean so far: in log space "
+                                   "each species' size divided out, so the model reads a series' shape) (default: "
+                                   "level)", type=str, choices=VALUE_INPUTS, defining=True)
 
     def check(self) -> None:
         if self.components is not None:  # None: the preset's default, filled in when resolved

@@ -35,7 +35,7 @@ __all__ = ["RunError", "UsageError", "TrainSettings", "SweepSettings", "EvalSett
 
 FRESH_SYSTEMS = 850  # new systems per epoch for the scratch-* presets: the file's training split's size
 # the scratch presets' forecaster (see docs/results.md): a head of 20 steps, a mixture of 3 Gaussians, the wide world
-SCRATCH_HEAD_STEPS, SCRATCH_COMPONENTS, SCRATCH_WORLD = 20, 3, "wide-half-clean"
+SCRATCH_HEAD_STEPS, SCRATCH_COMPONENTS, SCRATCH_WORLD, SCRATCH_INPUTS = 20, 3, "wide-half-clean", "level"
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -97,6 +97,8 @@ class CommonTrain(Machine, LoRAShape, ValueHead, Encoded, Windows, Work, Charged
             s = dataclasses.replace(s, head_steps=SCRATCH_HEAD_STEPS if s.scratch else 1)
         if s.components is None:
             s = dataclasses.replace(s, components=SCRATCH_COMPONENTS if s.scratch else 1)
+        if s.value_inputs is None:
+            s = dataclasses.replace(s, value_inputs=SCRATCH_INPUTS if s.scratch else "level")
         if s.world is None:
             s = dataclasses.replace(s, world=default_world(s.model))
         s = s.with_windows(s.encoding)
@@ -107,7 +109,7 @@ class CommonTrain(Machine, LoRAShape, ValueHead, Encoded, Windows, Work, Charged
     @property
     def spec(self):
         """The continuous head these settings ask for; None for a token encoding."""
-        return encoding_of(self.encoding).spec(self.components, self.value_space, self.head_steps)
+        return encoding_of(self.encoding).spec(self.components, self.value_space, self.head_steps, self.value_inputs)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 A continuous model's adapter also holds its new input and output layers in full (`embed_values`,
 `value_head`: PEFT's `modules_to_save`, stored as base_model.model.embed_values.weight and so on), and
-its value space and head steps in the safetensors header's metadata (`value_space`, `value_steps`,
-beside PEFT's `format`).
+its value space, head steps and inputs in the safetensors header's metadata (`value_space`,
+`value_steps`, `value_inputs`, beside PEFT's `format`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from data.files import atomic_write, files_digest, read_json_object, write_text
-from qwen_min.continuous import SPECIES, VALUE_SPACES, ValueSpec
+from qwen_min.continuous import SPECIES, VALUE_INPUTS, VALUE_SPACES, ValueSpec
 from qwen_min.errors import LoadError
 from qwen_min.weights import save_state
 
@@ -63,7 +63,7 @@ def save_adapter(model, directory: str | Path, base_model_name_or_path: str | No
               "alpha_pattern": {}}
     metadata = {"format": "pt"}
     if getattr(model, "spec", None) is not None:
-        metadata.update(value_space=model.spec.space, value_steps=str(model.spec.steps))
+        metadata.update(value_space=model.spec.space, value_steps=str(model.spec.steps), value_inputs=model.spec.inputs)
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(adapter_state(model), p, metadata=metadata))
     write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
@@ -182,8 +182,9 @@ class Adapter:
 
     @functools.cached_property
     def spec(self) -> ValueSpec | None:
-        """The space and the head's steps from the file's metadata (an adapter saved before the space
-        was a choice is linear, before the steps were a next-step head), the components from the
+        """The space, the head's steps and the inputs from the file's metadata (an adapter saved before
+        the space was a choice is linear, before the steps were a next-step head, before the inputs
+        were, of levels), the components from the
         value head's shape; None without value layers."""
         if not self.config["modules_to_save"]:
             return None
@@ -193,6 +194,7 @@ class Adapter:
                 width = f.get_slice(key).get_shape()[0] if key in f.keys() else None
                 metadata = f.metadata() or {}
             space, steps = metadata.get("value_space", "linear"), metadata.get("value_steps", "1")
+            inputs = metadata.get("value_inputs", "level")
         except (SafetensorError, OSError) as e:
             raise LoadError(f"{weights}: not a readable safetensors file ({e})") from None
         if not steps.isdigit() or int(steps) < 1:
@@ -202,7 +204,9 @@ class Adapter:
             raise LoadError(f"{weights}: {key} is missing or not {per_component} x components wide")
         if space not in VALUE_SPACES:
             raise LoadError(f"{weights}: value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
-        return ValueSpec(width // per_component, space, int(steps))
+        if inputs not in VALUE_INPUTS:
+            raise LoadError(f"{weights}: value_inputs must be one of {', '.join(VALUE_INPUTS)}, got {inputs!r}")
+        return ValueSpec(width // per_component, space, int(steps), inputs)
 
     @functools.cached_property
     def digest(self) -> str:

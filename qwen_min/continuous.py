@@ -7,7 +7,12 @@ of the token embedding, and a predictive distribution out.
 The space (`ValueSpec.space`) is where the values enter and the Gaussians live: `log` models
 u = log(value + LOG_OFFSET), so a step's change is relative (predator-prey growth is a rate times the
 population) and a forecast can never go below 0; `linear` models the scaled value itself.
-The (prey, predator) pair at step t enters at position t; position t's head gives the distribution
+With `ValueSpec.inputs` 'centred', what enters is each value in the space minus the series' running
+mean up to it (causal: position t's mean is of steps 1..t, carried through the cache for values fed
+back): in log space each species' size is divided out, so the model reads a series' shape and
+forecasts its relative changes, the same for a system and the one with its populations scaled (a
+symmetry of every family here: x -> s x is K -> s K, h -> h / s). The head's means stay offsets from
+the present value itself. The (prey, predator) pair at step t enters at position t; position t's head gives the distribution
 of step t+1, or with a head of several steps (`ValueSpec.steps`, a patch as TimesFM and
 Chronos-Bolt give) of steps t+1 ... t+steps at once. Each component's mean is an offset from the
 present value (in the space: the next steps are near the present one), its scale is
@@ -47,21 +52,25 @@ MIN_SCALE = 1e-3  # the smallest standard deviation a component may have (scaled
 # logsumexp over components (max, subtract, exp, add, log): counted as 20.
 NLL_OPS = 20
 VALUE_SPACES = ("log", "linear")
+VALUE_INPUTS = ("level", "centred")  # what enters: the value in the space, or that minus its running mean
 LOG_OFFSET = 0.01  # scaled units, the digit text's resolution: log(0 + LOG_OFFSET) is finite
 # Elementwise FLOPs per value of the log space: at the input, an add and a log; at the head, the
 # present value's add and log again (the means' offset), the target's add and log, and the change of
 # variables' add: 5 (a forecast's draw has the means' 2 and an exp and a subtract back: 4, counted as 5).
 LOG_IN_OPS, LOG_HEAD_OPS = 2, 5
+CENTRE_OPS = 3  # per value of centred inputs: the running sum's add, the mean's divide, the subtract
 
 
 @dataclass(frozen=True)
 class ValueSpec:
     """What a continuous model's head is: `components` Gaussians per species for each of the next
-    `steps` steps, in `space` ('log': of log(scaled value + LOG_OFFSET); 'linear': of the scaled value)."""
+    `steps` steps, in `space` ('log': of log(scaled value + LOG_OFFSET); 'linear': of the scaled value),
+    and what it reads (`inputs`: 'level', the value in the space; 'centred', that minus its running mean)."""
 
     components: int = 1
     space: str = "log"
     steps: int = 1
+    inputs: str = "level"
 
     def __post_init__(self):
         for name in ("components", "steps"):
@@ -70,6 +79,8 @@ class ValueSpec:
                 raise ValueError(f"{name} must be a positive integer, got {k!r}")
         if self.space not in VALUE_SPACES:
             raise ValueError(f"value space must be one of {', '.join(VALUE_SPACES)}, got {self.space!r}")
+        if self.inputs not in VALUE_INPUTS:
+            raise ValueError(f"value inputs must be one of {', '.join(VALUE_INPUTS)}, got {self.inputs!r}")
 
     @property
     def width(self) -> int:
@@ -115,9 +126,29 @@ class QwenForValueForecasting(DecoderWithHead):
         """The space -> scaled values, never below 0 (same shape)."""
         return ((u.exp() - LOG_OFFSET) if self.spec.space == "log" else u).clamp(min=0)
 
+    def inputs(self, values: torch.Tensor, cache: "ValueCache | None" = None) -> torch.Tensor:
+        """values (B, T, 2) scaled -> what the input layer reads (B, T, 2), fp32: the values in the
+        space, or (centred inputs) those minus the running mean of the series so far, its earlier
+        positions' sum read from `cache` (a ValueCache) and this call's written to it."""
+        u = self.to_space(values)
+        if self.spec.inputs == "level":
+            return u
+        past = 0 if cache is None else cache.length
+        sums = u.cumsum(1)  # (B, T, 2)
+        if past:
+            sums = sums + cache.sums[:, past - 1, None]
+        if cache is not None:
+            cache.sums[:, past:past + u.shape[1]] = sums
+        counts = torch.arange(past + 1, past + u.shape[1] + 1, device=u.device, dtype=u.dtype)
+        return u - sums / counts[:, None]
+
+    def new_cache(self, batch: int, max_len: int, device) -> "ValueCache":
+        """A KV cache for this model that also holds the running sums of centred inputs."""
+        return ValueCache(self.config, batch, max_len, self.dtype, device)
+
     def forward(self, values, attention_mask=None, position_ids=None, cache: KVCache | None = None) -> torch.Tensor:
         """values (B, T, 2) scaled -> final hidden states (B, T, D)."""
-        x = self.embed_values(self.to_space(values).to(self.embed_values.weight.dtype))  # (B, T, D)
+        x = self.embed_values(self.inputs(values, cache).to(self.embed_values.weight.dtype))  # (B, T, D)
         x = x.to(self.dtype)  # fp32 value layers (LoRA) on a bf16 decoder
         return self.model(attention_mask=attention_mask, position_ids=position_ids, cache=cache, inputs_embeds=x)
 
@@ -175,9 +206,23 @@ class QwenForValueForecasting(DecoderWithHead):
         the head on `head_positions` of them (default: all). Batch B costs B times this."""
         convention = get_convention(convention)
         positions = seq_len if head_positions is None else head_positions
-        log_ops = LOG_IN_OPS if self.spec.space == "log" else 0
-        return (convention.pointwise(seq_len * SPECIES, log_ops) + linear_flops(self.embed_values, seq_len, convention)
+        in_ops = (LOG_IN_OPS if self.spec.space == "log" else 0) + (CENTRE_OPS if self.spec.inputs == "centred" else 0)
+        return (convention.pointwise(seq_len * SPECIES, in_ops) + linear_flops(self.embed_values, seq_len, convention)
                 + self.model.flops(seq_len, convention, past) + self.head_flops(positions, convention))
+
+
+class ValueCache(KVCache):
+    """A KV cache with, per row and position, the running sum of the inputs in the space (B, max_len, 2):
+    what centred inputs need of the positions before a call, a shorter context's included."""
+
+    def __init__(self, config: QwenConfig, batch: int, max_len: int, dtype: torch.dtype, device):
+        super().__init__(config, batch, max_len, dtype, device)
+        self.sums = torch.zeros(batch, max_len, SPECIES, device=device)
+
+    def repeated(self, times: int, length: int, max_len: int) -> "ValueCache":
+        out = super().repeated(times, length, max_len)
+        out.sums[:, :length] = self.sums[:, :length].repeat_interleave(times, 0)
+        return out
 
 
 def value_loss(model: QwenForValueForecasting, values: torch.Tensor, labels: torch.Tensor,
@@ -223,7 +268,7 @@ def forecast_values(model: QwenForValueForecasting, series: torch.Tensor, horizo
     if not contexts or min(contexts) < 1 or max(contexts) > T or samples < 1:
         raise ValueError(f"contexts must be 1 to {T} steps and samples at least 1, got {contexts} and {samples}")
     C = max(contexts)
-    prefill = KVCache(model.config, B, C, model.dtype, series.device)
+    prefill = model.new_cache(B, C, series.device)
     states = model(series[:, :C], cache=prefill)  # (B, C, D)
     calls, spent = 1, B * model.flops(C, conv, head_positions=0)  # the head is charged per call below
     rows = B * samples

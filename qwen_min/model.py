@@ -93,7 +93,7 @@ class KVCache:
     def repeated(self, times: int, length: int, max_len: int) -> "KVCache":
         """A new cache holding this one's first `length` positions with each row repeated `times`
         times in a row (row b becomes rows b*times to b*times + times-1), room for `max_len`."""
-        out = KVCache(self.config, self.k.shape[1] * times, max_len, self.k.dtype, self.k.device)
+        out = type(self)(self.config, self.k.shape[1] * times, max_len, self.k.dtype, self.k.device)
         out.k[:, :, :, :length] = self.k[:, :, :, :length].repeat_interleave(times, 1)
         out.v[:, :, :, :length] = self.v[:, :, :, :length].repeat_interleave(times, 1)
         out.valid[:, :length] = self.valid[:, :length].repeat_interleave(times, 0)

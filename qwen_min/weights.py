@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from data.files import atomic_write, files_digest, read_json_object, write_text
 
 from .config import QwenConfig
-from .continuous import VALUE_SPACES, QwenForValueForecasting, ValueSpec
+from .continuous import VALUE_INPUTS, VALUE_SPACES, QwenForValueForecasting, ValueSpec
 from .errors import LoadError
 from .hub import resolve_dir
 from .model import QwenForCausalLM
@@ -97,8 +97,8 @@ class ModelSource:
     @functools.cached_property
     def spec(self) -> ValueSpec | None:
         """The head of a continuous model saved in the directory (config.json's value_components,
-        value_space and value_steps; one saved before the space was a choice is linear, before the
-        steps were, a next-step head); None for a language model,
+        value_space, value_steps and value_inputs; one saved before the space was a choice is linear,
+        before the steps were, a next-step head, before the inputs were, of levels); None for a language model,
         and for a preset (continuous only when asked for)."""
         if self.preset:
             return None
@@ -117,7 +117,10 @@ class ModelSource:
         steps = raw.get("value_steps", 1)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise LoadError(f"{path}: value_steps must be a positive integer, got {steps!r}")
-        return ValueSpec(k, space, steps)
+        inputs = raw.get("value_inputs", "level")
+        if inputs not in VALUE_INPUTS:
+            raise LoadError(f"{path}: value_inputs must be one of {', '.join(VALUE_INPUTS)}, got {inputs!r}")
+        return ValueSpec(k, space, steps, inputs)
 
     @property
     def encoding(self) -> str:
@@ -298,7 +301,7 @@ def save_state(config: QwenConfig, state: dict[str, torch.Tensor], directory: st
                spec: ValueSpec | None = None) -> Path:
     """Write a checkpoint-keyed state dict in the Hugging Face layout; each file replaced atomically.
     With `spec`, a continuous model: config.json says so (architectures, value_components, value_space,
-    value_steps)."""
+    value_steps, value_inputs)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
@@ -307,7 +310,7 @@ def save_state(config: QwenConfig, state: dict[str, torch.Tensor], directory: st
     hf_config = config.to_hf_dict()
     if spec is not None:
         hf_config.update(architectures=[VALUE_ARCHITECTURE], value_components=spec.components, value_space=spec.space,
-                         value_steps=spec.steps)
+                         value_steps=spec.steps, value_inputs=spec.inputs)
     hf_config["torch_dtype"] = str(state["model.embed_tokens.weight"].dtype).removeprefix("torch.")
     atomic_write(directory / SINGLE_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
     write_text(directory / CONFIG_FILE, json.dumps(hf_config, indent=2) + "\n")

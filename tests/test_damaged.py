@@ -84,7 +84,7 @@ def test_a_config_edited_under_a_checkpoint_is_refused(series_file, tmp_path, va
 def test_results_record_each_model_s_value_head(series_file, tmp_path, value_run, capsys):
     assert evaluation.main(eval_args(series_file, tmp_path, "--adapter", str(value_run))) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert results["value_heads"]["model+value"] == {"components": 1, "space": "log", "steps": 1}
+    assert results["value_heads"]["model+value"] == {"components": 1, "space": "log", "steps": 1, "inputs": "level"}
 
 
 # --- a model folder's files --------------------------------------------------------------------------

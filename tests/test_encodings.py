@@ -336,8 +336,8 @@ def test_a_continuous_model_directory_is_trained_in_its_own_space(series_file, t
     common = ["--model", str(directory), "--encoding", "continuous", "--chunk", "50", "--full", "--max-steps", "1"]
     code = train.main(args(series_file, tmp_path, *common, "--out", str(tmp_path / "run")))
     err = capsys.readouterr().err
-    assert code == 2 and "is a continuous model of 1 component(s) in linear space over 1 step(s); give " \
-                         "--components 1 --value-space linear --head-steps 1" in err and "Traceback" not in err
+    assert code == 2 and "is a continuous model of 1 component(s) in linear space over 1 step(s) reading level " \
+                         "inputs; give --components 1 --value-space linear --head-steps 1 --value-inputs level" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
     assert train.main(args(series_file, tmp_path, *common, "--value-space", "linear", "--out", str(tmp_path / "run"))) == 0
     # without --out, runs of the two spaces (and of another mixture) get folders of their own

@@ -19,7 +19,7 @@ from data.simulate import MODELS, SETS, WORLDS, World, integrate, main as simula
 from experiment import trainer as trainer_module
 from experiment.scoring import Forecast, score_distribution
 from flops import EXACT
-from qwen_min import load_pretrained, save_pretrained
+from qwen_min import LoadError, load_pretrained, save_pretrained
 from qwen_min.continuous import LOG_OFFSET, ValueSpec, forecast_values, value_loss
 
 from .test_flops import INPLACE_ADDMM
@@ -191,6 +191,62 @@ def test_a_training_step_of_a_several_step_head_is_charged_its_linear_flops(seri
     (loss, _), linear = counted(lambda: encoding.loss(model, inputs, labels))
     assert torch.isfinite(loss) and linear == step_cost(model, EXACT, 30, labels).matmul > 0
     assert model.value_head.out_features == 4 * 2 * 3
+
+
+# --- centred inputs ---------------------------------------------------------------------------------
+
+def centred_model(components=2, steps=3):
+    return load_pretrained("tiny-random", encoding="continuous",
+                           spec=ValueSpec(components, "log", steps, "centred")).eval()
+
+
+def test_centred_inputs_are_each_value_less_its_running_mean_and_the_cache_carries_it():
+    model = centred_model()
+    series = torch.rand(3, 12, 2) * 4 + 0.1
+    u = (series + LOG_OFFSET).log()
+    assert torch.allclose(model.inputs(series), u - u.cumsum(1) / torch.arange(1, 13)[:, None], atol=1e-6)
+    with torch.no_grad():
+        whole = model(series)
+        cache = model.new_cache(3, 12, "cpu")
+        parts = torch.cat([model(series[:, :7], cache=cache), model(series[:, 7:], cache=cache)], 1)
+    assert torch.allclose(parts, whole, atol=1e-5)
+    # context 5, fed back twice from the longer context's prefill, is context 5's forecast on its own
+    shared = forecast_values(model, series, 7, contexts=[5, 12])
+    alone = forecast_values(model, series[:, :5], 7)
+    assert shared.forward_calls == 1 + 2 * 2 and torch.allclose(shared[0], alone[0], atol=1e-5)
+
+
+def test_a_centred_log_model_forecasts_each_species_scaled_by_its_own_factor():
+    series = torch.rand(2, 10, 2) * 50 + 50  # far above LOG_OFFSET, where log(v + 0.01) is log v
+    factor = torch.tensor([3.0, 0.5])
+    for inputs, scaled in (("centred", True), ("level", False)):
+        model = load_pretrained("tiny-random", encoding="continuous", spec=ValueSpec(1, "log", 4, inputs)).eval()
+        a, b = forecast_values(model, series, 4)[0], forecast_values(model, series * factor, 4)[0]
+        assert torch.allclose(b, a * factor, rtol=1e-3) == scaled
+
+
+def test_centred_inputs_are_charged_three_flops_a_value_and_are_saved(tmp_path):
+    model, level = centred_model(1, 4), load_pretrained("tiny-random", encoding="continuous", spec=ValueSpec(1, "log", 4))
+    level.load_state_dict(model.state_dict())
+    extra = model.flops(10).forward - level.flops(10).forward
+    assert extra == EXACT.pointwise(10 * 2, 3).forward and model.flops(10).matmul == level.flops(10).matmul
+    save_pretrained(model, tmp_path / "model")
+    assert load_pretrained(tmp_path / "model").spec == ValueSpec(1, "log", 4, "centred")
+    lora.inject(model, rank=2, verbose=False)
+    lora.save_adapter(model, tmp_path / "adapter")
+    assert lora.Adapter(tmp_path / "adapter").spec == ValueSpec(1, "log", 4, "centred")
+    cfg = json.loads((tmp_path / "model/config.json").read_text())
+    cfg["value_inputs"] = "scaled"
+    (tmp_path / "model/config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LoadError, match=r"config\.json: value_inputs must be one of level, centred, got 'scaled'"):
+        load_pretrained(tmp_path / "model")
+
+
+def test_value_inputs_name_the_run_and_are_refused_without_a_value_head(capsys):
+    s = train.settings_from_argv(["--model", "scratch-1m", "--value-inputs", "centred"]).resolved()
+    assert s.spec == ValueSpec(3, "log", 20, "centred") and s.name == "full-scratch-1m-continuous-k3-h20-centred-lr0.0001-c100"
+    assert train.main(["--model", "tiny-random", "--value-inputs", "centred"]) == 2
+    assert "--value-inputs centred: settings of the continuous value head" in capsys.readouterr().err
 
 
 # --- training in the wide world with a head of several steps ---------------------------------------
