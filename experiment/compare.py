@@ -21,7 +21,7 @@ TARGETS = {"combined MAE <= 0.04": lambda r, _: r["mae"] <= 0.04,
            "90% coverage 85-95%": lambda r, _: r["cov90"] is not None and 0.85 <= r["cov90"] <= 0.95,
            "50% coverage 40-60%": lambda r, _: r["cov50"] is not None and 0.40 <= r["cov50"] <= 0.60,
            "CRPS <= 0.8 x MAE": lambda r, _: r["crps"] <= 0.8 * r["mae"],
-           "beats parroting at each context (MAE and CRPS)": lambda r, p: p is None or all(
+           "beats parroting at each context (MAE and CRPS)": lambda r, p: None if p is None else all(
                r["ctx_mae"][c] < p["ctx_mae"][c] and r["ctx_crps"][c] < p["ctx_crps"][c] for c in r["ctx_mae"]),
            "no 90% interval wider than 5": lambda r, _: r["widest"] is not None and r["widest"] <= 5}
 
@@ -89,16 +89,18 @@ def compare_folders(folders: list[str | Path], names: dict[str, str] | None = No
     return rows
 
 
-def targets(rows: list[Row], forecaster: str) -> dict[str, dict[str, bool]]:
-    """{set: {target: met}} for `forecaster`; on a set whose name says other-family, also whether it
-    beats the ODE fit (which fits a family that did not make the series)."""
+def targets(rows: list[Row], forecaster: str) -> dict[str, dict[str, bool | None]]:
+    """{set: {target: met, or None where the set has nothing to judge it by}} for `forecaster`; on a
+    set whose name says other-family, also whether it beats the ODE fit (which fits a family that did
+    not make the series)."""
     by = {(r.set, r.method): r.figures for r in rows}
     out = {}
     for name in dict.fromkeys(r.set for r in rows):
         mine = by.get((name, forecaster))
         if mine is None:
             continue
-        met = {target: bool(test(mine, by.get((name, "parroting")))) for target, test in TARGETS.items()}
+        met = {target: None if (ok := test(mine, by.get((name, "parroting")))) is None else bool(ok)
+               for target, test in TARGETS.items()}  # None: nothing to judge it by on this set
         for (s, m), ode in by.items():  # on the same systems: the ODE fit may have had only the first N
             same = by.get((s, forecaster + m[len("ode_fit"):]))
             if s == name and "other-family" in name and m.startswith("ode_fit") and same is not None:

@@ -310,7 +310,7 @@ def comparison_markdown(rows, met: dict, forecaster: str) -> str:
     names = list(dict.fromkeys(target for m in met.values() for target in m))
     check = ["| target | " + " | ".join(met) + " |", "| --- |" + " :---: |" * len(met)]
     for target in names:
-        check.append(f"| {target} | " + " | ".join("yes" if m.get(target) else ("-" if target not in m else "**no**")
+        check.append(f"| {target} | " + " | ".join("yes" if m.get(target) else ("-" if m.get(target) is None else "**no**")
                                                  for m in met.values()) + " |")
     return ("Every forecaster on every set, in scaled units (each set's values divided by the scale its "
             "evaluation used); coverage is the share of true values inside the central interval, a point "

@@ -330,5 +330,8 @@ def test_compare_lays_sets_side_by_side_and_derives_the_targets(series_file, tmp
     expected = "yes" if 0.85 <= cov90 <= 0.95 else "**no**"
     line = next(r for r in table.splitlines() if r.startswith("| 90% coverage 85-95% |"))
     assert line.split(" | ")[2].strip(" |") == expected  # the 'other' column, from the evaluation's own figure
+    # a set where parroting was not scored: that target is not judged there, not met by default
+    assert evaluation.main(["compare", str(tmp_path / "e-other-2"), "--out", str(tmp_path / "cmp-2")]) == 0
+    assert "| beats parroting at each context (MAE and CRPS) | - |" in (tmp_path / "cmp-2/comparison.md").read_text()
     assert evaluation.main(["compare", str(tmp_path / "e-val"), "--forecaster", "nobody", "--out", str(out)]) == 2
     assert "--forecaster nobody: not among" in capsys.readouterr().err
