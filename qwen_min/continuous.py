@@ -1,7 +1,7 @@
 """The same decoder on continuous values: one position per time step, a linear input layer in place
 of the token embedding, and a predictive distribution out.
 
-    values (B, T, 2) scaled  --to_space-->  --embed_values-->  (B, T, D)  --model-->  (B, T, D)
+    values (B, T, 2) scaled  --inputs-->  --embed_values-->  (B, T, D)  --model-->  (B, T, D)
     --value_head-->  per species a mixture of `components` Gaussians over the next step, in the space
 
 The space (`ValueSpec.space`) is where the values enter and the Gaussians live: `log` models
@@ -12,7 +12,9 @@ mean up to it (causal: position t's mean is of steps 1..t, carried through the c
 back): in log space each species' size is divided out, so the model reads a series' shape and
 forecasts its relative changes, the same for a system and the one with its populations scaled (a
 symmetry of every family here: x -> s x is K -> s K, h -> h / s). The head's means stay offsets from
-the present value itself. The (prey, predator) pair at step t enters at position t; position t's head gives the distribution
+the present value itself.
+
+The (prey, predator) pair at step t enters at position t; position t's head gives the distribution
 of step t+1, or with a head of several steps (`ValueSpec.steps`, a patch as TimesFM and
 Chronos-Bolt give) of steps t+1 ... t+steps at once. Each component's mean is an offset from the
 present value (in the space: the next steps are near the present one), its scale is
