@@ -28,6 +28,7 @@ from data.files import WriteFailed, atomic_write, read_json_object, remove_lefto
 from qwen_min import save_pretrained
 
 from .errors import UsageError
+from .groups import ValueHead
 from .settings import TrainSettings, as_config, first_difference, from_config
 
 # what a run from before a setting existed computed: digit text (a continuous run always says so);
@@ -175,9 +176,7 @@ class RunFolder:
         if adapter.spec is None:
             return
         saved = self.read_config()
-        recorded = {"components": adapter.spec.components, "value_space": adapter.spec.space,
-                    "head_steps": adapter.spec.steps, "value_inputs": adapter.spec.inputs}
-        for k, v in recorded.items():
+        for k, v in ValueHead.settings_of(adapter.spec).items():
             if k in saved and saved[k] is not None and saved[k] != v:
                 raise UsageError(f"{adapter.directory}: its value head has {k} {v!r}, but the run's "
                                  f"{self.path / self.CONFIG} says {saved[k]!r}; one of them was changed by hand")

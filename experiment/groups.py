@@ -28,7 +28,7 @@ import lora
 from data import DEFAULT_PATH
 from flops.ledger import DEFAULT_BUDGET
 from qwen_min import LoadError
-from qwen_min.continuous import VALUE_INPUTS, VALUE_SPACES
+from qwen_min.continuous import VALUE_INPUTS, VALUE_SPACES, ValueSpec
 
 from .encodings import ENCODINGS, encoding_of
 from .errors import UsageError, finite, need
@@ -129,6 +129,12 @@ class ValueHead(Group):
                                    "space) or centred (that minus the series' running mean so far: in log space "
                                    "each species' size divided out, so the model reads a series' shape) (default: "
                                    "level)", type=str, choices=VALUE_INPUTS, defining=True)
+
+    @staticmethod
+    def settings_of(spec: ValueSpec) -> dict:
+        """These fields' values (config.json's keys) for the head `spec`: what `spec` reads back."""
+        return {"components": spec.components, "value_space": spec.space, "head_steps": spec.steps,
+                "value_inputs": spec.inputs}
 
     def check(self) -> None:
         if self.components is not None:  # None: the preset's default, filled in when resolved

@@ -249,6 +249,22 @@ def test_value_inputs_name_the_run_and_are_refused_without_a_value_head(capsys):
     assert "--value-inputs centred: settings of the continuous value head" in capsys.readouterr().err
 
 
+def test_an_adapter_whose_inputs_its_run_does_not_record_is_refused(series_file, tmp_path, capsys):
+    import eval as evaluation
+
+    run, ledger = tmp_path / "run", str(tmp_path / "l.json")
+    assert train.main(["--model", "tiny-random", "--encoding", "continuous", "--value-inputs", "centred", "--rank", "2",
+                       "--data", str(series_file), "--chunk", "30", "--stride", "30", "--max-steps", "1", "--quiet",
+                       "--ledger", ledger, "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "value_inputs": "level"}))
+    capsys.readouterr()
+    assert evaluation.main(["--model", "tiny-random", "--adapter", str(run / "adapter_best"), "--data", str(series_file),
+                            "--limit", "2", "--baselines", "--ledger", ledger, "--out", str(tmp_path / "e")]) == 2
+    assert "its value head has value_inputs 'centred', but the run's" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
 # --- training in the wide world with a head of several steps ---------------------------------------
 
 class Killed(BaseException):
