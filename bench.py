@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from commandline import Parser, prose
+from commandline import Parser, exit_status, prose
 from data import prompt, scale_for, step_pattern
 from data.simulate import simulate
 from experiment.speed import lora_training_step, sync, timed
@@ -349,4 +349,4 @@ def hf_generate(model, prompts, new_tokens: int, allowed: list[int], device: str
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from commandline import Parser
+from commandline import Parser, exit_status
 from experiment.speed import batch_sweep, chip_peak
 from flops import Ledger
 from qwen_min import (LoadError, QwenConfig, QwenForCausalLM, init_weights, load_tokenizer, parse_device, parse_dtype,
@@ -185,4 +185,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

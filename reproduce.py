@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from commandline import Parser, prose
+from commandline import Parser, exit_status, prose
 from experiment.cli import add_settings, given, run
 from experiment.plan import reproduce
 from experiment.settings import PlanSettings
@@ -47,4 +47,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from commandline import Parser, prose
+from commandline import Parser, exit_status, prose
 from experiment.cli import add_settings, given, point_elsewhere, run
 from experiment.folders import resume_settings
 from experiment.settings import EvalSettings, SweepSettings, TrainSettings
@@ -90,4 +90,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

@@ -3,7 +3,8 @@
 
 - help shows each option's default and ends with examples (and the subcommands, where there are any);
 - a typo is three lines: a short usage, the error with the closest option or choice, where help is;
-- a negative number is a value, not an option: `--lr -1e-3` reaches the check that refuses it by name.
+- a negative number is a value, not an option: `--lr -1e-3` reaches the check that refuses it by name;
+- a reader that stops early (`| head`) ends the command quietly, as it ends a Unix tool (`exit_status`).
 
 Below the rest of the project: it imports nothing from it.
 """
@@ -12,10 +13,27 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 import sys
+from typing import Callable
 
 NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")  # -1, -0.5, -.5, -1e-3, -2.5E+4
+
+SIGPIPE_STATUS = 141  # what a shell reports for a command that a closed pipe stopped (128 + SIGPIPE)
+
+
+def exit_status(main: Callable[[], int]) -> int:
+    """main()'s exit status; if the reader of stdout went away (`... | head`), no traceback but
+    status 141, as for a tool that SIGPIPE stopped. Python's own advice: point stdout at devnull so
+    that the flush at exit does not raise again."""
+    try:
+        status = main()
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_STATUS
 
 
 def prose(doc: str) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from commandline import Parser
+from commandline import Parser, exit_status
 
 from .io import DEFAULT_PATH, DataError, Series, load_series, write_series
 
@@ -272,4 +272,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from commandline import Parser
+from commandline import Parser, exit_status
 from data import DataError
 from experiment.audit import audit
 from experiment.errors import UsageError
@@ -130,4 +130,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

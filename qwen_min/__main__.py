@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from commandline import Parser, prose
+from commandline import Parser, exit_status, prose
 from data.text import decode, encode
 
 from . import NUMBER_SYMBOLS, LoadError, QwenForValueForecasting, generate, load_pretrained, load_tokenizer
@@ -82,4 +82,4 @@ def continue_values(model: QwenForValueForecasting, args, t0: float) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

@@ -151,3 +151,26 @@ def test_help_description_is_the_docstring_without_its_examples():
     text = train.run_parser().format_help()
     assert "Every run writes to --out" in text and "The work is done" not in text
     assert "    python train.py --rank 8 --lr 1e-4 " not in text.split("examples:")[0]
+
+
+ENTRY_POINTS = ("train.py", "eval.py", "reproduce.py", "bench.py", "gpu_check.py", "flops/__main__.py",
+                "data/simulate.py", "qwen_min/__main__.py")
+
+
+def test_a_reader_that_stops_early_ends_a_command_without_a_traceback():
+    """`python eval.py ... | head`: the command stops with the status a shell gives SIGPIPE (141) and
+    nothing on stderr, where Python alone ends in a BrokenPipeError traceback; every command goes
+    through the same `exit_status`."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    talker = ("import sys\nfrom commandline import exit_status\n"
+              "def main():\n    for _ in range(100000):\n        print('x' * 100)\n    return 0\n"
+              "sys.exit(exit_status(main))\n")
+    proc = subprocess.Popen([sys.executable, "-c", talker], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(10) == b"x" * 10
+    proc.stdout.close()  # the reader goes away with ~10 MB still to come
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""
+    for path in ENTRY_POINTS:
+        assert (root / path).read_text().rstrip().endswith("sys.exit(exit_status(main))"), path
