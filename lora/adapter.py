@@ -8,6 +8,7 @@ its value space, head steps and inputs in the safetensors header's metadata (`va
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -17,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from data.files import atomic_write, files_digest, read_json_object, write_text
-from qwen_min.continuous import SPECIES, VALUE_INPUTS, VALUE_SPACES, ValueSpec
+from qwen_min.continuous import SAVED_KEYS, SPECIES, ValueSpec
 from qwen_min.errors import LoadError
 from qwen_min.weights import save_state
 
@@ -63,7 +64,8 @@ def save_adapter(model, directory: str | Path, base_model_name_or_path: str | No
               "alpha_pattern": {}}
     metadata = {"format": "pt"}
     if getattr(model, "spec", None) is not None:
-        metadata.update(value_space=model.spec.space, value_steps=str(model.spec.steps), value_inputs=model.spec.inputs)
+        components = SAVED_KEYS["components"]  # the head's shape says it
+        metadata.update({key: str(v) for key, v in model.spec.saved().items() if key != components})
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(adapter_state(model), p, metadata=metadata))
     write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
@@ -182,10 +184,9 @@ class Adapter:
 
     @functools.cached_property
     def spec(self) -> ValueSpec | None:
-        """The space, the head's steps and the inputs from the file's metadata (an adapter saved before
-        the space was a choice is linear, before the steps were a next-step head, before the inputs
-        were, of levels), the components from the
-        value head's shape; None without value layers."""
+        """The space, the head's steps and the inputs from the file's metadata (as `ValueSpec.read`
+        reads them: an adapter from before one was a choice reads as it was then), the components
+        from the value head's shape; None without value layers."""
         if not self.config["modules_to_save"]:
             return None
         weights, key = self.directory / WEIGHTS_FILE, f"{PREFIX}value_head.bias"
@@ -193,20 +194,16 @@ class Adapter:
             with safe_open(weights, framework="pt") as f:
                 width = f.get_slice(key).get_shape()[0] if key in f.keys() else None
                 metadata = f.metadata() or {}
-            space, steps = metadata.get("value_space", "linear"), metadata.get("value_steps", "1")
-            inputs = metadata.get("value_inputs", "level")
         except (SafetensorError, OSError) as e:
             raise LoadError(f"{weights}: not a readable safetensors file ({e})") from None
-        if not steps.isdigit() or int(steps) < 1:
-            raise LoadError(f"{weights}: value_steps must be a positive integer, got {steps!r}")
-        per_component = int(steps) * SPECIES * 3  # a weight, a mean and a scale per step and species
+        try:
+            spec = ValueSpec.read(metadata, components=1, text=True)  # the components once the width is known
+        except ValueError as e:
+            raise LoadError(f"{weights}: {e}") from None
+        per_component = spec.steps * SPECIES * 3  # a weight, a mean and a scale per step and species
         if width is None or width % per_component:
             raise LoadError(f"{weights}: {key} is missing or not {per_component} x components wide")
-        if space not in VALUE_SPACES:
-            raise LoadError(f"{weights}: value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
-        if inputs not in VALUE_INPUTS:
-            raise LoadError(f"{weights}: value_inputs must be one of {', '.join(VALUE_INPUTS)}, got {inputs!r}")
-        return ValueSpec(width // per_component, space, int(steps), inputs)
+        return dataclasses.replace(spec, components=width // per_component)
 
     @functools.cached_property
     def digest(self) -> str:

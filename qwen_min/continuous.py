@@ -33,6 +33,7 @@ and `value_head.*`. With a pretrained Qwen (LoRA), `model.embed_tokens` stays lo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,14 @@ LOG_IN_OPS, LOG_HEAD_OPS = 2, 5
 CENTRE_OPS = 3  # per value of centred inputs: the running sum's add, the mean's divide, the subtract
 
 
+# a ValueSpec's field -> its key in a model's config.json and an adapter's metadata; what a file saved
+# before the field was a choice means (the values themselves, a next-step head, levels)
+SAVED_KEYS = {"components": "value_components", "space": "value_space", "steps": "value_steps",
+              "inputs": "value_inputs"}
+BEFORE = {"space": "linear", "steps": 1, "inputs": "level"}
+CHOICES = {"space": VALUE_SPACES, "inputs": VALUE_INPUTS}
+
+
 @dataclass(frozen=True)
 class ValueSpec:
     """What a continuous model's head is: `components` Gaussians per species for each of the next
@@ -83,6 +92,29 @@ class ValueSpec:
             raise ValueError(f"value space must be one of {', '.join(VALUE_SPACES)}, got {self.space!r}")
         if self.inputs not in VALUE_INPUTS:
             raise ValueError(f"value inputs must be one of {', '.join(VALUE_INPUTS)}, got {self.inputs!r}")
+
+    def saved(self) -> dict[str, int | str]:
+        """The keys that record the spec in a model's config.json and an adapter's metadata."""
+        return {key: getattr(self, field) for field, key in SAVED_KEYS.items()}
+
+    @classmethod
+    def read(cls, saved: Mapping, components: int | None = None, text: bool = False) -> ValueSpec:
+        """The spec `saved` records (see `saved`); a file from before a field was a choice reads as
+        it was then (`BEFORE`). `components`, if given, in place of the file's (an adapter's comes from
+        its head's shape); `text`: the integers are strings of digits (safetensors metadata). A
+        ValueError names the key, the value and what was expected."""
+        fields = {}
+        for field, key in SAVED_KEYS.items():
+            value = components if field == "components" and components is not None else saved.get(key, BEFORE.get(field))
+            if field in ("components", "steps"):
+                if text and isinstance(value, str) and value.isdigit():
+                    value = int(value)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ValueError(f"{key} must be a positive integer, got {value!r}")
+            elif value not in CHOICES[field]:
+                raise ValueError(f"{key} must be one of {', '.join(CHOICES[field])}, got {value!r}")
+            fields[field] = value
+        return cls(**fields)
 
     @property
     def width(self) -> int:

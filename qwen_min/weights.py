@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from data.files import atomic_write, files_digest, read_json_object, write_text
 
 from .config import QwenConfig
-from .continuous import VALUE_INPUTS, VALUE_SPACES, QwenForValueForecasting, ValueSpec
+from .continuous import QwenForValueForecasting, ValueSpec
 from .errors import LoadError
 from .hub import resolve_dir
 from .model import QwenForCausalLM
@@ -108,19 +108,10 @@ class ModelSource:
             raise LoadError(f"{path}: architectures must be a list of class names, got {architectures!r}")
         if VALUE_ARCHITECTURE not in architectures:
             return None
-        k = raw.get("value_components")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise LoadError(f"{path}: value_components must be a positive integer, got {k!r}")
-        space = raw.get("value_space", "linear")
-        if space not in VALUE_SPACES:
-            raise LoadError(f"{path}: value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
-        steps = raw.get("value_steps", 1)
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise LoadError(f"{path}: value_steps must be a positive integer, got {steps!r}")
-        inputs = raw.get("value_inputs", "level")
-        if inputs not in VALUE_INPUTS:
-            raise LoadError(f"{path}: value_inputs must be one of {', '.join(VALUE_INPUTS)}, got {inputs!r}")
-        return ValueSpec(k, space, steps, inputs)
+        try:
+            return ValueSpec.read(raw)
+        except ValueError as e:
+            raise LoadError(f"{path}: {e}") from None
 
     @property
     def encoding(self) -> str:
@@ -309,8 +300,7 @@ def save_state(config: QwenConfig, state: dict[str, torch.Tensor], directory: st
         state.pop("lm_head.weight", None)
     hf_config = config.to_hf_dict()
     if spec is not None:
-        hf_config.update(architectures=[VALUE_ARCHITECTURE], value_components=spec.components, value_space=spec.space,
-                         value_steps=spec.steps, value_inputs=spec.inputs)
+        hf_config.update(architectures=[VALUE_ARCHITECTURE], **spec.saved())
     hf_config["torch_dtype"] = str(state["model.embed_tokens.weight"].dtype).removeprefix("torch.")
     atomic_write(directory / SINGLE_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
     write_text(directory / CONFIG_FILE, json.dumps(hf_config, indent=2) + "\n")

@@ -155,6 +155,20 @@ def test_continuous_loss_is_the_mixture_likelihood(space):
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
 
 
+def test_a_value_spec_reads_back_what_it_saves_and_names_a_bad_key():
+    """config.json and an adapter's metadata (strings) record a spec by the same keys, read by one
+    piece of code: every field round-trips, a missing field reads as it was before it was a choice."""
+    from qwen_min.continuous import ValueSpec
+    for spec in (ValueSpec(), ValueSpec(3, "log", 20, "centred"), ValueSpec(2, "linear", 4)):
+        assert ValueSpec.read(spec.saved()) == spec
+        assert ValueSpec.read({k: str(v) for k, v in spec.saved().items()}, text=True) == spec
+    assert ValueSpec.read({"value_components": 2}) == ValueSpec(2, "linear", 1, "level")
+    assert ValueSpec.read({"value_steps": "20"}, components=3, text=True) == ValueSpec(3, "linear", 20)
+    with pytest.raises(ValueError, match=r"^value_steps must be a positive integer, got '20'$"):
+        ValueSpec.read({"value_components": 1, "value_steps": "20"})  # a string in config.json is not a count
+    with pytest.raises(ValueError, match=r"^value_components must be a positive integer, got None$"):
+        ValueSpec.read({})
+
 def test_value_space_is_saved_and_a_model_from_before_it_reads_as_linear(tmp_path):
     model = load_pretrained("tiny-random", encoding="continuous")
     v = torch.tensor([0.0, 0.004, 1.23, 9.99])
