@@ -83,26 +83,30 @@ def predator_growth(params: dict[str, np.ndarray], model: str):
     return lambda x, y, p: c * p - g * y
 
 
-def rhs(params: dict[str, np.ndarray], model: str):
+def rhs(params: dict[str, np.ndarray], model: str, tempo: np.ndarray | None = None):
     """The right-hand side for n systems at once; the state is (x_1..x_n, y_1..y_n). Every family but
-    the classical one has logistic prey growth (carrying capacity K)."""
+    the classical one has logistic prey growth (carrying capacity K). `tempo` (n,) scales each system's
+    clock: every rate of its ODE times tempo, the same orbit run through tempo times as fast."""
     a = params["a"]
     eaten, predators = predation(params, model), predator_growth(params, model)
     growth = (lambda x: a * x) if model == "classical" else (lambda x: a * x * (1 - x / params["K"]))
+    clock = 1.0 if tempo is None else np.concatenate([tempo, tempo])
 
     def f(t, z):
         x, y = np.split(z, 2)
         p = eaten(x, y)
-        return np.concatenate([growth(x) - p, predators(x, y, p)])
+        return clock * np.concatenate([growth(x) - p, predators(x, y, p)])
     return f
 
 
-def integrate(params: dict[str, np.ndarray], time: np.ndarray, model: str = "rosenzweig-macarthur") -> np.ndarray:
-    """Trajectories (n, len(time), 2) for the given per-system parameters, [..., 0] prey, [..., 1] predator."""
+def integrate(params: dict[str, np.ndarray], time: np.ndarray, model: str = "rosenzweig-macarthur",
+              tempo: np.ndarray | None = None) -> np.ndarray:
+    """Trajectories (n, len(time), 2) for the given per-system parameters, [..., 0] prey, [..., 1] predator;
+    `tempo` (n,), if given, speeds each system's clock (see `rhs`)."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
     z0 = np.concatenate([params["x0"], params["y0"]])
-    sol = solve_ivp(rhs(params, model), (float(time[0]), float(time[-1])), z0, t_eval=time,
+    sol = solve_ivp(rhs(params, model, tempo), (float(time[0]), float(time[-1])), z0, t_eval=time,
                     method="LSODA", rtol=1e-8, atol=1e-10)
     if not sol.success:
         raise RuntimeError(f"solve_ivp failed: {sol.message}")
@@ -116,8 +120,10 @@ class World:
     parameter ranges are (`width` times each fitted range's width, around its centre, never below
     half its low end), the starting populations' range (None: the family's own), multiplicative
     observation noise (each system's sigma drawn uniformly in `noise`, or 0 for a share `clean` of
-    the systems; each value times exp(sigma N(0, 1))) and an amplitude factor exp(U(-jitter, jitter))
-    per system."""
+    the systems; each value times exp(sigma N(0, 1))), an amplitude factor exp(U(-jitter, jitter))
+    per system, and a tempo factor exp(U(-tempo, tempo)) per system that runs its clock faster or
+    slower (every rate of its ODE scaled together: the time-scale symmetry every family here has, as
+    the amplitude factor is the population-scale one)."""
 
     families: tuple[str, ...] = ("rosenzweig-macarthur",)
     width: float = 1.0
@@ -125,6 +131,7 @@ class World:
     noise: tuple[float, float] = (0.0, 0.0)
     clean: float = 0.0
     jitter: float = 0.0
+    tempo: float = 0.0
 
     def ranges(self, family: str) -> dict[str, tuple[float, float]]:
         out = {}
@@ -149,6 +156,8 @@ WORLDS = {
                              starts=(0.6, 1.6), noise=(0.01, 0.08), clean=0.5, jitter=0.25),
     "wide-families": World(families=("rosenzweig-macarthur", "classical", "holling-iii", "ivlev", "holling-tanner"),
                            width=1.5, starts=(0.6, 1.6), noise=(0.01, 0.08), clean=0.5, jitter=0.25),
+    "wide-tempo": World(families=("rosenzweig-macarthur", "classical", "holling-iii"), width=1.5,
+                        starts=(0.6, 1.6), noise=(0.01, 0.08), clean=0.5, jitter=0.25, tempo=0.3),
 }
 # test sets no training run uses, each harder than the fitted world in one way: (world, seed)
 SETS = {
@@ -169,8 +178,10 @@ def simulate(systems: int = 1000, seed: int = 0, points: int = 100, t_end: float
 def simulate_world(world: World, systems: int = 1000, seed: int = 0, points: int = 100,
                    t_end: float = 200.0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """As `simulate`, from `world`; the seed fixes everything. The parameters come from one stream
-    (so a world that only adds noise draws the same systems), the noise and jitter from another."""
+    (so a world that only adds noise draws the same systems), the noise and jitter from another, the
+    tempo from a third (parameters["tempo"] where the world has one)."""
     rng = np.random.default_rng(seed)
+    tempo = np.exp(np.random.default_rng([seed, 2]).uniform(-world.tempo, world.tempo, size=systems)) if world.tempo else None
     time = np.linspace(0.0, t_end, points)
     families = np.zeros(systems, dtype=int) if len(world.families) == 1 else rng.integers(len(world.families), size=systems)
     out = np.zeros((systems, points, 2))
@@ -180,9 +191,11 @@ def simulate_world(world: World, systems: int = 1000, seed: int = 0, points: int
         if not len(rows):
             continue
         drawn = draw_parameters(len(rows), rng, ranges=world.ranges(family))
-        out[rows] = integrate(drawn, time, family)
+        out[rows] = integrate(drawn, time, family, None if tempo is None else tempo[rows])
         for name, value in drawn.items():
             params.setdefault(name, np.full(systems, np.nan))[rows] = value
+    if tempo is not None:
+        params["tempo"] = tempo
     observe = np.random.default_rng([seed, 1])
     if world.jitter:
         out *= np.exp(observe.uniform(-world.jitter, world.jitter, size=(systems, 1, 1)))

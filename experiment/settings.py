@@ -58,7 +58,8 @@ class CommonTrain(Machine, LoRAShape, ValueHead, Encoded, Windows, Work, Charged
     world: str | None = opt(None, "where the fresh systems come from: fitted (the ranges fitted to the reference set), "
                             "wide (three predator-prey families, ranges 1.5 times as wide, observation noise and "
                             "amplitude jitter), wide-half-clean (the same, half the systems without noise) or wide-families "
-                            "(wide-half-clean with two more families, Ivlev and Holling-Tanner); see "
+                            "(wide-half-clean with two more families, Ivlev and Holling-Tanner) or wide-tempo "
+                            "(wide-half-clean with each system's clock 0.74-1.35 times as fast); see "
                             "data.simulate.WORLDS (default: wide-half-clean for the scratch-* presets, else fitted)",
                             type=str, choices=tuple(WORLDS), defining=True)
     log: str = opt("none", "extra logging", choices=("none", "tensorboard", "wandb"))

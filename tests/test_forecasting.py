@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import lora
 import train
 from data import load_series
-from data.simulate import MODELS, SETS, WORLDS, World, integrate, main as simulate_main, simulate_world
+from data.simulate import MODELS, SETS, WORLDS, World, draw_parameters, integrate, main as simulate_main, simulate_world
 from experiment import trainer as trainer_module
 from experiment.scoring import Forecast, score_distribution
 from flops import EXACT
@@ -71,6 +71,25 @@ def test_the_wide_world_mixes_families_and_observes_with_noise():
     tanner = params["family"] == WORLDS["wide-families"].families.index("holling-tanner")
     assert np.isfinite(params["q"][tanner]).all() and np.isnan(params["q"][~tanner]).all()
 
+
+def test_a_tempo_runs_the_same_orbit_faster_and_leaves_the_systems_drawn_alone():
+    """The tempo factor is the time-scale symmetry: a system at tempo c on times t is the same system
+    at tempo 1 on times c t, in every family. The wide-tempo world draws the wide-half-clean world's
+    parameters (the tempo has its own stream), reproduces from its seed, and its tempi span
+    exp(+-0.3)."""
+    time = np.linspace(0, 200, 100)
+    for family in ("rosenzweig-macarthur", "classical", "holling-iii", "beddington-deangelis"):
+        params = draw_parameters(2, np.random.default_rng(3), family)
+        fast = integrate(params, time, family, tempo=np.array([2.0, 0.5]))
+        assert np.allclose(fast[0], integrate(params, 2 * time, family)[0], atol=1e-5), family
+        assert np.allclose(fast[1], integrate(params, 0.5 * time, family)[1], atol=1e-5), family
+    traj, _, params = simulate_world(WORLDS["wide-tempo"], 60, seed=4)
+    again, _, _ = simulate_world(WORLDS["wide-tempo"], 60, seed=4)
+    plain, _, plain_params = simulate_world(WORLDS["wide-half-clean"], 60, seed=4)
+    assert np.array_equal(traj, again) and not np.allclose(traj, plain)
+    assert set(params) == set(plain_params) | {"tempo"}
+    assert all(np.array_equal(params[k], plain_params[k], equal_nan=True) for k in plain_params)
+    assert np.exp(-0.3) <= params["tempo"].min() < 0.85 and 1.2 < params["tempo"].max() <= np.exp(0.3)
 
 def test_holling_tanner_predators_settle_towards_q_times_the_prey():
     """Leslie-Gower predators: where a Holling-Tanner system comes to rest, y = q x."""
