@@ -179,7 +179,9 @@ def simulate_world(world: World, systems: int = 1000, seed: int = 0, points: int
                    t_end: float = 200.0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """As `simulate`, from `world`; the seed fixes everything. The parameters come from one stream
     (so a world that only adds noise draws the same systems), the noise and jitter from another, the
-    tempo from a third (parameters["tempo"] where the world has one)."""
+    tempo from a third (parameters["tempo"] where the world has one); parameters["noise"] is each
+    system's observation noise, the sigma of its factor exp(sigma N(0, 1)) (0 for a clean system),
+    where the world observes with noise."""
     rng = np.random.default_rng(seed)
     tempo = np.exp(np.random.default_rng([seed, 2]).uniform(-world.tempo, world.tempo, size=systems)) if world.tempo else None
     time = np.linspace(0.0, t_end, points)
@@ -204,6 +206,7 @@ def simulate_world(world: World, systems: int = 1000, seed: int = 0, points: int
         if world.clean:
             sigma *= observe.uniform(size=(systems, 1, 1)) >= world.clean
         out *= np.exp(sigma * observe.standard_normal(out.shape))
+        params["noise"] = sigma[:, 0, 0]
     return out.astype(np.float32), time, params
 
 

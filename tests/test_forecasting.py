@@ -4,6 +4,7 @@ steps (its loss, its forecasts, their FLOPs), the wide training world, and resum
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -50,6 +51,7 @@ def test_the_test_sets_are_what_their_names_say():
     assert all(np.array_equal(p_fresh[k], p_noisy[k]) for k in ("a", "K", "x0"))
     ratio = np.log(noisy[fresh > 0.05] / fresh[fresh > 0.05])
     assert abs(ratio.std() - 0.05) < 0.005 and abs(ratio.mean()) < 0.005
+    assert np.array_equal(p_noisy["noise"], np.full(n, 0.05)) and "noise" not in p_fresh
     # shifted: ranges wider than the fitted ones (and the wide training world's), starts 0.5-2.0
     lo, hi = SETS["fresh"][0].ranges("rosenzweig-macarthur")["K"]
     assert p_shifted["K"].min() < lo or p_shifted["K"].max() > hi
@@ -90,6 +92,13 @@ def test_a_tempo_runs_the_same_orbit_faster_and_leaves_the_systems_drawn_alone()
     assert set(params) == set(plain_params) | {"tempo"}
     assert all(np.array_equal(params[k], plain_params[k], equal_nan=True) for k in plain_params)
     assert np.exp(-0.3) <= params["tempo"].min() < 0.85 and 1.2 < params["tempo"].max() <= np.exp(0.3)
+    # each system's noise is recorded: zero for the clean half, 1-8% for the rest, and it is what was added
+    clean, _, _ = simulate_world(dataclasses.replace(WORLDS["wide-tempo"], noise=(0.0, 0.0), clean=0.0), 60, seed=4)
+    quiet = params["noise"] == 0
+    assert 20 < quiet.sum() < 40 and 0.01 <= params["noise"][~quiet].min() and params["noise"].max() <= 0.08
+    assert np.array_equal(traj[quiet], clean[quiet])
+    spread = np.log(traj[~quiet] / clean[~quiet]).std(axis=(1, 2))
+    assert np.allclose(spread, params["noise"][~quiet], rtol=0.25)
 
 def test_holling_tanner_predators_settle_towards_q_times_the_prey():
     """Leslie-Gower predators: where a Holling-Tanner system comes to rest, y = q x."""
